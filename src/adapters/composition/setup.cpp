@@ -1,0 +1,251 @@
+// Setup tree helpers and the recursive-descent parser of setup strings.
+#include "adapters/composition/setup.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <map>
+#include <sstream>
+
+#include "adapters/core/error.h"
+
+namespace adapters::composition {
+namespace {
+
+const std::map<std::string, BlockType>& block_names() {
+  static const std::map<std::string, BlockType> names = {
+      {"Stack", BlockType::Stack},   {"Fuse", BlockType::Fuse},         {"Split", BlockType::Split},
+      {"BatchSplit", BlockType::BatchSplit}, {"Parallel", BlockType::Parallel}, {"Average", BlockType::Average}};
+  return names;
+}
+
+void collect(const Block& b, std::vector<std::string>& out) {
+  if (b.is_adapter()) {
+    if (std::find(out.begin(), out.end(), b.name) == out.end()) out.push_back(b.name);
+    return;
+  }
+  for (const auto& c : b.children) collect(c, out);
+}
+
+template <typename T>
+std::string join_numbers(const std::vector<T>& values) {
+  std::ostringstream os;
+  os << '[';
+  for (std::size_t i = 0; i < values.size(); ++i) os << (i ? ", " : "") << values[i];
+  os << ']';
+  return os.str();
+}
+
+class Parser {
+ public:
+  explicit Parser(const std::string& text) : text_(text) {}
+
+  Block parse_all() {
+    Block b = parse_block();
+    skip_space();
+    if (pos_ != text_.size()) fail("unexpected '" + std::string(1, text_[pos_]) + "' after the setup");
+    return b;
+  }
+
+ private:
+  const std::string& text_;
+  std::size_t pos_ = 0;
+
+  [[noreturn]] void fail(const std::string& what) const {
+    throw Error(str("adapter setup \"", text_, "\": ", what, " at position ", pos_));
+  }
+
+  void skip_space() {
+    while (pos_ < text_.size() && std::isspace(static_cast<unsigned char>(text_[pos_]))) ++pos_;
+  }
+
+  bool peek(char c) {
+    skip_space();
+    return pos_ < text_.size() && text_[pos_] == c;
+  }
+
+  void expect(char c) {
+    if (!peek(c)) fail(str("expected '", c, "'"));
+    ++pos_;
+  }
+
+  static bool is_name_char(char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.' || c == '/' || c == '+';
+  }
+
+  std::string parse_name() {
+    skip_space();
+    std::size_t start = pos_;
+    while (pos_ < text_.size() && is_name_char(text_[pos_])) ++pos_;
+    if (start == pos_) fail("expected an adapter name or a block");
+    return text_.substr(start, pos_ - start);
+  }
+
+  std::string parse_number_text() {
+    skip_space();
+    std::size_t start = pos_;
+    while (pos_ < text_.size() && (std::isdigit(static_cast<unsigned char>(text_[pos_])) || text_[pos_] == '.' ||
+                                   text_[pos_] == '-' || text_[pos_] == '+' || text_[pos_] == 'e')) {
+      ++pos_;
+    }
+    if (start == pos_) fail("expected a number");
+    return text_.substr(start, pos_ - start);
+  }
+
+  std::int64_t parse_int() {
+    std::size_t at = pos_;
+    std::string t = parse_number_text();
+    char* end = nullptr;
+    long long v = std::strtoll(t.c_str(), &end, 10);
+    if (*end != '\0') {
+      pos_ = at;
+      fail("expected an integer, found '" + t + "'");
+    }
+    return v;
+  }
+
+  double parse_double() {
+    std::size_t at = pos_;
+    std::string t = parse_number_text();
+    char* end = nullptr;
+    double v = std::strtod(t.c_str(), &end);
+    if (*end != '\0') {
+      pos_ = at;
+      fail("expected a number, found '" + t + "'");
+    }
+    return v;
+  }
+
+  template <typename F>
+  void parse_list(F&& item) {
+    expect('[');
+    if (peek(']')) {
+      ++pos_;
+      return;
+    }
+    while (true) {
+      item();
+      if (peek(',')) {
+        ++pos_;
+        continue;
+      }
+      expect(']');
+      return;
+    }
+  }
+
+  void parse_option(Block& b, const std::string& key) {
+    expect('=');
+    if (key == "split_index" && b.type == BlockType::Split) {
+      b.split_index = parse_int();
+    } else if (key == "batch_sizes" && b.type == BlockType::BatchSplit) {
+      parse_list([&] { b.batch_sizes.push_back(parse_int()); });
+    } else if (key == "weights" && b.type == BlockType::Average) {
+      parse_list([&] { b.weights.push_back(parse_double()); });
+    } else {
+      fail(str("unknown option '", key, "' for ", block_type_name(b.type)));
+    }
+  }
+
+  Block parse_block() {
+    std::string name = parse_name();
+    auto it = block_names().find(name);
+    if (it == block_names().end()) {
+      if (peek('(')) fail("unknown block '" + name + "' (known: Stack, Fuse, Split, BatchSplit, Parallel, Average)");
+      return Block::adapter(name);
+    }
+    Block b;
+    b.type = it->second;
+    expect('(');
+    while (!peek(')')) {
+      std::size_t save = pos_;
+      std::string word = parse_name();
+      if (peek('=')) {
+        parse_option(b, word);
+      } else {
+        pos_ = save;
+        b.children.push_back(parse_block());
+      }
+      if (peek(',')) {
+        ++pos_;
+        continue;
+      }
+      if (!peek(')')) fail("expected ',' or ')'");
+    }
+    ++pos_;
+    if (b.children.empty()) fail(str(block_type_name(b.type), " needs at least one member"));
+    return b;
+  }
+};
+
+}  // namespace
+
+const char* block_type_name(BlockType type) {
+  switch (type) {
+    case BlockType::Adapter: return "Adapter";
+    case BlockType::Stack: return "Stack";
+    case BlockType::Fuse: return "Fuse";
+    case BlockType::Split: return "Split";
+    case BlockType::BatchSplit: return "BatchSplit";
+    case BlockType::Parallel: return "Parallel";
+    case BlockType::Average: return "Average";
+  }
+  return "?";
+}
+
+Block Block::adapter(std::string name) {
+  Block b;
+  b.name = std::move(name);
+  return b;
+}
+
+Block Block::of(BlockType type, std::vector<Block> children) {
+  Block b;
+  b.type = type;
+  b.children = std::move(children);
+  return b;
+}
+
+std::vector<std::string> Block::flatten() const {
+  std::vector<std::string> out;
+  collect(*this, out);
+  return out;
+}
+
+bool Block::contains(const std::string& adapter) const {
+  auto names = flatten();
+  return std::find(names.begin(), names.end(), adapter) != names.end();
+}
+
+std::string Block::first() const { return is_adapter() ? name : children.front().first(); }
+std::string Block::last() const { return is_adapter() ? name : children.back().last(); }
+
+std::string Block::fusion_name() const {
+  std::string out;
+  for (const auto& n : flatten()) out += (out.empty() ? "" : ",") + n;
+  return out;
+}
+
+std::string Block::to_string() const {
+  if (is_adapter()) return name;
+  std::string out = std::string(block_type_name(type)) + "(";
+  for (std::size_t i = 0; i < children.size(); ++i) out += (i ? ", " : "") + children[i].to_string();
+  if (type == BlockType::Split) out += str(", split_index=", split_index);
+  if (type == BlockType::BatchSplit) out += ", batch_sizes=" + join_numbers(batch_sizes);
+  if (type == BlockType::Average && !weights.empty()) out += ", weights=" + join_numbers(weights);
+  return out + ")";
+}
+
+bool Block::operator==(const Block& o) const {
+  return type == o.type && name == o.name && children == o.children && split_index == o.split_index &&
+         batch_sizes == o.batch_sizes && weights == o.weights;
+}
+
+Block parse(const std::string& text) { return Parser(text).parse_all(); }
+
+Block normalize_active(Block setup) {
+  if (setup.is_adapter()) return Block::of(BlockType::Stack, {std::move(setup)});
+  return setup;
+}
+
+}  // namespace adapters::composition

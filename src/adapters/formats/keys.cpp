@@ -1,0 +1,60 @@
+// Key renames, all of them.
+#include "adapters/formats/keys.h"
+
+#include "adapters/models/registry.h"
+
+namespace adapters::formats {
+
+const std::vector<std::string>& adapter_containers() {
+  static const std::vector<std::string> containers = {"adapters", "loras", "adapter_fusion_layer"};
+  return containers;
+}
+
+bool key_belongs_to_adapter(const std::string& key, const std::string& name) {
+  const std::string dotted = "." + key;
+  for (const auto& c : adapter_containers()) {
+    if (dotted.find("." + c + "." + name + ".") != std::string::npos) return true;
+  }
+  return false;
+}
+
+std::string rename_adapter(const std::string& key, const std::string& from, const std::string& to) {
+  std::string out = "." + key;
+  for (const auto& c : adapter_containers()) {
+    const std::string old_part = "." + c + "." + from + ".";
+    const std::string new_part = "." + c + "." + to + ".";
+    for (std::size_t at = out.find(old_part); at != std::string::npos; at = out.find(old_part, at + new_part.size())) {
+      out.replace(at, old_part.size(), new_part);
+    }
+  }
+  return out.substr(1);
+}
+
+std::string to_base_prefix(const std::string& key, const std::string& prefix, bool* is_base) {
+  // Top-level modules of the base models (what follows the prefix).
+  static const std::vector<std::string> base_roots = {"embeddings.", "encoder.", "pooler.", "transformer."};
+  for (const auto& known : models::known_base_prefixes()) {
+    if (key.rfind(known + ".", 0) == 0) {
+      if (is_base) *is_base = true;
+      return prefix + key.substr(known.size());
+    }
+  }
+  for (const auto& root : base_roots) {
+    if (key.rfind(root, 0) == 0) {
+      if (is_base) *is_base = true;
+      return prefix + "." + key;
+    }
+  }
+  if (is_base) *is_base = false;
+  return key;
+}
+
+std::string resolve_alias(const std::string& key, const std::vector<std::pair<std::string, std::string>>& aliases) {
+  for (const auto& [alias, canonical] : aliases) {
+    std::size_t at = key.find(alias);
+    if (at != std::string::npos) return key.substr(0, at) + canonical + key.substr(at + alias.size());
+  }
+  return key;
+}
+
+}  // namespace adapters::formats

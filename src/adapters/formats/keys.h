@@ -1,0 +1,29 @@
+// Every key rename between on-disk formats and this library's module tree, in one place:
+// base-model prefixes ("bert.", "roberta.", "distilbert.", none), adapter renames (load_as), and
+// the duplicate names the reference writes for shared modules (aliases).
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace adapters::formats {
+
+// The containers under which adapter modules are registered in the module tree.
+const std::vector<std::string>& adapter_containers();
+
+// True when `key` belongs to the adapter `name` (".adapters.<name>." and friends).
+bool key_belongs_to_adapter(const std::string& key, const std::string& name);
+
+// Renames the adapter `from` to `to` inside a key (the reference's load_as).
+std::string rename_adapter(const std::string& key, const std::string& from, const std::string& to);
+
+// A checkpoint key with its base-model prefix replaced by `prefix`: "bert.x" -> "roberta.x" when
+// asked, and a bare "encoder.x" (saved from a base model) gets the prefix. Keys outside the base
+// model (heads) are returned unchanged; `is_base` tells which.
+std::string to_base_prefix(const std::string& key, const std::string& prefix, bool* is_base = nullptr);
+
+// Applies alias renames {alias fragment -> canonical fragment} to a key.
+std::string resolve_alias(const std::string& key, const std::vector<std::pair<std::string, std::string>>& aliases);
+
+}  // namespace adapters::formats

@@ -1,0 +1,183 @@
+// File helpers of the checkpoint layer: atomic writes (temporary file beside the target, fsync,
+// rename), whole-file text reads, and read_checkpoint, which picks the reader by file name and
+// assembles sharded checkpoints from their *.index.json.
+#include "adapters/io/tensors.h"
+
+#include "adapters/core/error.h"
+
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <vector>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+namespace adapters::io {
+namespace {
+
+std::string errno_text() { return std::strerror(errno); }
+
+// A new, uniquely named file in the folder of `target`; removed again (on destruction) unless
+// commit() renamed it over `target`.
+class TempFileBeside {
+ public:
+  explicit TempFileBeside(const fs::path& target) : target_(target) {
+    ADAPTERS_CHECK(!target.filename().empty(), "cannot write ", target, ": the path names no file");
+    static std::atomic<unsigned> counter{0};
+    for (int attempt = 0; attempt < 100 && fd_ < 0; ++attempt) {
+      temp_ = target.parent_path() / str(".", target.filename().string(), ".tmp.", ::getpid(), ".",
+                                         counter++);
+      fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+      if (fd_ < 0 && errno != EEXIST) break;
+    }
+    ADAPTERS_CHECK(fd_ >= 0, "cannot write ", target, ": creating the temporary file ", temp_,
+                   " failed: ", errno_text());
+  }
+
+  TempFileBeside(const TempFileBeside&) = delete;
+  TempFileBeside& operator=(const TempFileBeside&) = delete;
+
+  ~TempFileBeside() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!committed_) ::unlink(temp_.c_str());
+  }
+
+  void write(const void* data, std::size_t size) {
+    const char* bytes = static_cast<const char*>(data);
+    while (size > 0) {
+      const ssize_t written = ::write(fd_, bytes, size);
+      if (written < 0 && errno == EINTR) continue;
+      ADAPTERS_CHECK(written > 0, "cannot write ", target_, ": writing the temporary file ", temp_,
+                     " failed: ", errno_text());
+      bytes += written;
+      size -= static_cast<std::size_t>(written);
+    }
+  }
+
+  // Makes the contents durable and moves them to the target in one step.
+  void commit() {
+    ADAPTERS_CHECK(::fsync(fd_) == 0, "cannot write ", target_, ": fsync of ", temp_,
+                   " failed: ", errno_text());
+    const int fd = fd_;
+    fd_ = -1;
+    ADAPTERS_CHECK(::close(fd) == 0, "cannot write ", target_, ": closing ", temp_,
+                   " failed: ", errno_text());
+    ADAPTERS_CHECK(::rename(temp_.c_str(), target_.c_str()) == 0, "cannot write ", target_,
+                   ": renaming the temporary file ", temp_, " over it failed: ", errno_text());
+    committed_ = true;
+    sync_folder();
+  }
+
+ private:
+  // Best effort: makes the rename itself durable; not every file system supports it.
+  void sync_folder() const {
+    const fs::path folder = target_.parent_path().empty() ? fs::path(".") : target_.parent_path();
+    const int fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return;
+    (void)::fsync(fd);
+    ::close(fd);
+  }
+
+  fs::path target_;
+  fs::path temp_;
+  int fd_ = -1;
+  bool committed_ = false;
+};
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() &&
+         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// One checkpoint file (not an index), by extension.
+TensorMap read_checkpoint_file(const fs::path& path) {
+  const std::string extension = path.extension().string();
+  if (extension == ".safetensors") return read_safetensors(path).tensors;
+  if (extension == ".bin" || extension == ".pt" || extension == ".pth") return read_torch_bin(path);
+  throw Error(str(path, ": unknown checkpoint type '", extension,
+                  "'; expected .safetensors, .bin, .pt, .pth or a sharded *.index.json"));
+}
+
+// Shard file -> the keys the index assigns to it.
+using KeysByShard = std::map<std::string, std::vector<std::string>>;
+
+void check_shard_name(const fs::path& index_path, const std::string& key, const std::string& shard) {
+  const fs::path shard_path(shard);
+  bool inside_folder = !shard.empty() && shard_path.is_relative();
+  for (const auto& part : shard_path) inside_folder = inside_folder && part != "..";
+  ADAPTERS_CHECK(inside_folder, index_path, ": weight_map[\"", key, "\"] is \"", shard,
+                 "\"; expected a file name relative to the index's folder");
+}
+
+KeysByShard read_weight_map(const fs::path& index_path) {
+  nlohmann::json index;
+  try {
+    index = nlohmann::json::parse(read_text_file(index_path));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(str(index_path, ": invalid JSON in sharded checkpoint index: ", e.what()));
+  }
+  ADAPTERS_CHECK(index.is_object() && index.contains("weight_map") && index["weight_map"].is_object(),
+                 index_path, ": expected a JSON object with a \"weight_map\" object (key -> shard "
+                 "file), found ", index.type_name(), index.is_object() ? " without one" : "");
+  KeysByShard keys_by_shard;
+  for (const auto& [key, shard] : index["weight_map"].items()) {
+    ADAPTERS_CHECK(shard.is_string(), index_path, ": weight_map[\"", key,
+                   "\"] must be a shard file name (string), found ", shard.type_name());
+    check_shard_name(index_path, key, shard.get<std::string>());
+    keys_by_shard[shard.get<std::string>()].push_back(key);
+  }
+  return keys_by_shard;
+}
+
+TensorMap read_sharded_checkpoint(const fs::path& index_path) {
+  TensorMap tensors;
+  for (const auto& [shard, keys] : read_weight_map(index_path)) {
+    const fs::path shard_path = index_path.parent_path() / shard;
+    ADAPTERS_CHECK(fs::is_regular_file(shard_path), index_path, ": shard file ", shard_path,
+                   " (holding \"", keys.front(), "\" and ", keys.size() - 1,
+                   " more keys) does not exist");
+    TensorMap shard_tensors = read_checkpoint_file(shard_path);
+    for (const std::string& key : keys) {
+      auto found = shard_tensors.find(key);
+      ADAPTERS_CHECK(found != shard_tensors.end(), index_path, ": the weight map puts tensor \"",
+                     key, "\" in shard ", shard_path, ", but that file has no such tensor");
+      tensors.emplace(key, std::move(found->second));
+    }
+  }
+  return tensors;
+}
+
+}  // namespace
+
+void write_file_atomic_streamed(const fs::path& path,
+                                const std::function<void(const ByteSink&)>& write_contents) {
+  TempFileBeside temp(path);
+  write_contents([&temp](const void* data, std::size_t size) { temp.write(data, size); });
+  temp.commit();
+}
+
+void write_file_atomic(const fs::path& path, const std::string& bytes) {
+  write_file_atomic_streamed(path, [&bytes](const ByteSink& sink) { sink(bytes.data(), bytes.size()); });
+}
+
+std::string read_text_file(const fs::path& path) {
+  std::error_code error;
+  ADAPTERS_CHECK(!fs::is_directory(path, error), "cannot read ", path, ": it is a folder");
+  std::ifstream in(path, std::ios::binary);
+  ADAPTERS_CHECK(in.is_open(), "cannot read ", path, ": ", errno_text());
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ADAPTERS_CHECK(!in.bad(), "cannot read ", path, ": reading failed: ", errno_text());
+  return text;
+}
+
+TensorMap read_checkpoint(const fs::path& path) {
+  if (ends_with(path.filename().string(), ".index.json")) return read_sharded_checkpoint(path);
+  return read_checkpoint_file(path);
+}
+
+}  // namespace adapters::io

@@ -1,0 +1,66 @@
+// Checkpoint I/O: safetensors (read through mmap, written atomically), torch.save zip files
+// (pytorch_model.bin / pytorch_adapter.bin) and sharded *.index.json checkpoints.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstddef>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <string>
+
+namespace adapters::io {
+
+namespace fs = std::filesystem;
+
+// Tensors by name, in name order (the order safetensors writes them).
+using TensorMap = std::map<std::string, torch::Tensor>;
+using Metadata = std::map<std::string, std::string>;
+
+struct SafetensorsContents {
+  TensorMap tensors;
+  Metadata metadata;  // the "__metadata__" object (string values only)
+};
+
+// Largest header accepted (the format's own limit is 100 MB).
+constexpr std::uint64_t kMaxSafetensorsHeader = 100'000'000;
+
+// Reads every tensor of a .safetensors file. The file is mmap'ed; tensors share the mapping
+// (kept alive as long as any tensor of it is) unless their offset is misaligned for their dtype,
+// in which case they are copied. Every dtype HF writes is supported (F64 F32 F16 BF16 I64 I32 I16
+// I8 U8 BOOL; F8 types only where the libtorch has them). Throws adapters::Error naming the file
+// and the tensor on: short file, header size over the cap or past the end, invalid JSON, unknown
+// dtype, shape/offset mismatch, offsets outside the data section, overlapping tensors.
+SafetensorsContents read_safetensors(const fs::path& path);
+
+// Writes tensors (any device, made contiguous and moved to CPU) to `path` atomically: a temporary
+// file in the same folder, fsync, then rename. Keys are written in name order.
+void write_safetensors(const fs::path& path, const TensorMap& tensors, const Metadata& metadata = {});
+
+// Reads a torch.save file (the zip format of torch >= 1.6) holding a dict of name -> tensor
+// (an OrderedDict state dict). Throws adapters::Error naming the file for anything else.
+TensorMap read_torch_bin(const fs::path& path);
+
+// Reads one checkpoint file by its extension: .safetensors, .bin/.pt/.pth, or a sharded
+// *.index.json (whose "weight_map" names the shard of every key; shards may be either format).
+TensorMap read_checkpoint(const fs::path& path);
+
+// Writes bytes to `path` atomically: a temporary file in the same folder is written, fsync'ed and
+// renamed over `path`. On any failure the temporary file is removed, `path` is left as it was, and
+// adapters::Error (naming `path`) is thrown.
+void write_file_atomic(const fs::path& path, const std::string& bytes);
+
+// Receives the bytes of a file being written, in order.
+using ByteSink = std::function<void(const void* data, std::size_t size)>;
+
+// write_file_atomic for large files: `write_contents` produces the bytes through the sink it is
+// given (nothing is held in memory). An exception thrown by `write_contents` aborts the write the
+// same way (temporary removed, `path` untouched) and is rethrown as is.
+void write_file_atomic_streamed(const fs::path& path,
+                                const std::function<void(const ByteSink&)>& write_contents);
+
+// Reads a whole text file; throws adapters::Error naming the path when it cannot.
+std::string read_text_file(const fs::path& path);
+
+}  // namespace adapters::io

@@ -1,0 +1,96 @@
+// The config key table: every HF spelling of the canonical model config fields, in one place.
+#include "adapters/models/config.h"
+
+#include <variant>
+#include <vector>
+
+#include "adapters/io/tensors.h"
+
+namespace adapters::models {
+namespace {
+
+using Field = std::variant<std::int64_t ModelConfig::*, double ModelConfig::*, std::string ModelConfig::*>;
+
+struct KeySpelling {
+  const char* canonical;
+  std::vector<const char*> spellings;  // tried in order; the first present wins
+  Field field;
+  bool required;
+};
+
+// clang-format off
+const std::vector<KeySpelling>& key_table() {
+  static const std::vector<KeySpelling> table = {
+    {"vocab_size",                   {"vocab_size"},                                                    &ModelConfig::vocab_size,                   true},
+    {"hidden_size",                  {"hidden_size", "dim", "d_model", "n_embd"},                       &ModelConfig::hidden_size,                  true},
+    {"num_hidden_layers",            {"num_hidden_layers", "n_layers", "num_layers", "n_layer"},        &ModelConfig::num_hidden_layers,            true},
+    {"num_attention_heads",          {"num_attention_heads", "n_heads", "num_heads", "n_head"},         &ModelConfig::num_attention_heads,          true},
+    {"intermediate_size",            {"intermediate_size", "hidden_dim", "d_ff", "n_inner"},            &ModelConfig::intermediate_size,            false},
+    {"max_position_embeddings",      {"max_position_embeddings", "n_positions"},                        &ModelConfig::max_position_embeddings,      false},
+    {"type_vocab_size",              {"type_vocab_size"},                                               &ModelConfig::type_vocab_size,              false},
+    {"pad_token_id",                 {"pad_token_id"},                                                  &ModelConfig::pad_token_id,                 false},
+    {"layer_norm_eps",               {"layer_norm_eps", "layer_norm_epsilon"},                          &ModelConfig::layer_norm_eps,               false},
+    {"hidden_dropout_prob",          {"hidden_dropout_prob", "dropout", "resid_pdrop", "dropout_rate"}, &ModelConfig::hidden_dropout_prob,          false},
+    {"attention_probs_dropout_prob", {"attention_probs_dropout_prob", "attention_dropout", "attn_pdrop"}, &ModelConfig::attention_probs_dropout_prob, false},
+    {"hidden_act",                   {"hidden_act", "activation", "activation_function"},               &ModelConfig::hidden_act,                   false},
+  };
+  return table;
+}
+// clang-format on
+
+void assign(ModelConfig& c, const Field& field, const JsonReader& r, const std::string& key) {
+  if (auto p = std::get_if<std::int64_t ModelConfig::*>(&field)) c.*(*p) = r.get_int(key);
+  else if (auto p = std::get_if<double ModelConfig::*>(&field)) c.*(*p) = r.get_double(key);
+  else c.*std::get<std::string ModelConfig::*>(field) = r.get_string(key);
+}
+
+void validate(const ModelConfig& c, const std::string& source) {
+  auto positive = [&](const char* name, std::int64_t v) {
+    ADAPTERS_CHECK(v > 0, source, ": '", name, "' must be a positive integer, found ", v);
+  };
+  positive("vocab_size", c.vocab_size);
+  positive("hidden_size", c.hidden_size);
+  positive("num_hidden_layers", c.num_hidden_layers);
+  positive("num_attention_heads", c.num_attention_heads);
+  positive("intermediate_size", c.intermediate_size);
+  ADAPTERS_CHECK(c.hidden_size % c.num_attention_heads == 0, source, ": hidden_size ", c.hidden_size,
+                 " is not divisible by num_attention_heads ", c.num_attention_heads);
+  auto probability = [&](const char* name, double p) {
+    ADAPTERS_CHECK(p >= 0.0 && p < 1.0, source, ": '", name, "' must be a probability in [0, 1), found ", p);
+  };
+  probability("hidden_dropout_prob", c.hidden_dropout_prob);
+  probability("attention_probs_dropout_prob", c.attention_probs_dropout_prob);
+}
+
+}  // namespace
+
+ModelConfig parse_model_config(const json& config, const std::string& source) {
+  JsonReader reader(config, source);
+  ModelConfig c;
+  c.model_type = reader.get_string("model_type");
+  c.raw = config;
+  for (const auto& entry : key_table()) {
+    bool found = false;
+    for (const char* key : entry.spellings) {
+      if (!reader.has(key)) continue;
+      assign(c, entry.field, reader, key);
+      found = true;
+      break;
+    }
+    if (!found && entry.required) {
+      std::string spellings;
+      for (const char* key : entry.spellings) spellings += (spellings.empty() ? "'" : " or '") + std::string(key) + "'";
+      throw Error(str(source, ": missing key ", spellings, " (", entry.canonical, ")"));
+    }
+  }
+  if (c.intermediate_size == 0) c.intermediate_size = 4 * c.hidden_size;
+  validate(c, source);
+  return c;
+}
+
+ModelConfig load_model_config(const std::filesystem::path& config_json) {
+  const std::string source = config_json.string();
+  return parse_model_config(parse_json_file_text(io::read_text_file(config_json), source), source);
+}
+
+}  // namespace adapters::models

@@ -1,0 +1,31 @@
+// ForwardContext: everything a forward pass needs to know about adapters, passed explicitly down
+// forward() (no global or thread-local state, so two threads can run two setups on one model).
+#pragma once
+
+#include <torch/types.h>
+
+#include <functional>
+#include <map>
+#include <string>
+
+#include "adapters/composition/setup.h"
+
+namespace adapters::nn {
+
+// A normalisation applied at a residual site (the sublayer's LayerNorm); empty for none.
+using Norm = std::function<torch::Tensor(const torch::Tensor&)>;
+
+// Scores by adapter (or fusion) name -> layer -> location.
+using ScoreCache = std::map<std::string, std::map<std::int64_t, std::map<std::string, torch::Tensor>>>;
+
+struct ForwardContext {
+  // The active setup, normalised (a single adapter is Stack(a)); null: the plain model.
+  const composition::Block* setup = nullptr;
+
+  bool output_gating_scores = false;
+  bool output_fusion_attentions = false;
+  ScoreCache gating_scores;
+  ScoreCache fusion_attentions;
+};
+
+}  // namespace adapters::nn

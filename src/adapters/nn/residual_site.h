@@ -1,0 +1,79 @@
+// Hook point 1: residual sites. A model calls
+//     h = site.forward(h, residual, layer_norm, ctx)
+// after its attention output and after its feed-forward output. With nothing active it is
+// exactly layer_norm(h + residual) (or h + residual without a norm); otherwise the active setup's
+// bottleneck-style adapters act here as adapter-transformers' adapter_layer_forward does.
+#pragma once
+
+#include <torch/nn/module.h>
+
+#include <memory>
+#include <string>
+
+#include "adapters/nn/context.h"
+#include "adapters/nn/module_dict.h"
+
+namespace adapters::nn {
+
+// Where a residual site sits: its layer and its location key, as the reference names them.
+namespace location {
+inline constexpr const char* kAttention = "mh_adapter";
+inline constexpr const char* kCrossAttention = "cross_adapter";
+inline constexpr const char* kOutput = "output_adapter";
+}  // namespace location
+
+struct PreForward {
+  torch::Tensor hidden;    // what the adapter transforms
+  torch::Tensor query;     // the fusion query (undefined unless asked for)
+  torch::Tensor residual;  // what the adapter adds back
+};
+
+struct AdapterOutput {
+  torch::Tensor output;  // adapter output with its residual
+  torch::Tensor down;    // bottleneck activations
+  torch::Tensor up;      // up-projection (scaled), before the residual
+  torch::Tensor gate;    // gating scores (undefined unless the adapter gates)
+};
+
+// A module that acts at residual sites (bottleneck adapters, Compacter): the reference's
+// pre_forward / forward / post_forward triple.
+class ResidualAdapter : public torch::nn::Module {
+ public:
+  virtual PreForward pre_forward(const torch::Tensor& hidden, const torch::Tensor& input, const Norm& norm,
+                                 bool want_query, bool query_before_ln) = 0;
+  virtual AdapterOutput forward(const torch::Tensor& x, const torch::Tensor& residual) = 0;
+  virtual torch::Tensor post_forward(const torch::Tensor& hidden, const torch::Tensor& input_hidden,
+                                     const torch::Tensor& input, const Norm& norm) = 0;
+};
+
+class ResidualSite {
+ public:
+  ResidualSite(std::int64_t layer, std::string location);
+
+  // Registers this site's containers in `owner` under the reference's names ("adapters").
+  void register_in(torch::nn::Module& owner);
+
+  torch::Tensor forward(const torch::Tensor& hidden, const torch::Tensor& input, const Norm& norm,
+                        ForwardContext& ctx) const;
+
+  void add_adapter(const std::string& name, std::shared_ptr<ResidualAdapter> adapter);
+  void delete_adapter(const std::string& name);
+  ResidualAdapter* adapter(const std::string& name) const;
+
+  std::int64_t layer() const { return layer_; }
+  const std::string& location() const { return location_; }
+
+ private:
+  // The active setup if any of its adapters lives here, else null.
+  const composition::Block* active_setup(const ForwardContext& ctx) const;
+  // The reference's adapter_stack: returns (hidden, up, input).
+  AdapterOutput stack(const composition::Block& setup, torch::Tensor hidden, const torch::Tensor& input,
+                      const Norm& norm, ForwardContext& ctx, int level) const;
+  void store_gating_score(ForwardContext& ctx, const std::string& name, const torch::Tensor& gate) const;
+
+  std::int64_t layer_;
+  std::string location_;
+  AdapterDict<ResidualAdapter> adapters_;
+};
+
+}  // namespace adapters::nn
