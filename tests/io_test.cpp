@@ -40,7 +40,8 @@ std::string read_bytes(const fs::path& path) {
 }
 
 void write_bytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  std::ofstream(path, std::ios::binary)
+      .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
 std::string le64(std::uint64_t value) {
@@ -73,7 +74,8 @@ std::string error_of(const std::function<void()>& action) {
 
 void expect_mentions(const std::string& message, std::initializer_list<std::string> parts) {
   for (const auto& part : parts)
-    EXPECT_NE(message.find(part), std::string::npos) << "\"" << part << "\" missing from: " << message;
+    EXPECT_NE(message.find(part), std::string::npos)
+        << "\"" << part << "\" missing from: " << message;
 }
 
 // torch::equal lacks kernels for 8-bit floats; compare those as float32.
@@ -109,8 +111,8 @@ class IoTest : public ::testing::Test {
  protected:
   void SetUp() override {
     static std::atomic<int> counter{0};
-    dir = fs::temp_directory_path() / ("adapters_io_test." + std::to_string(::getpid()) + "." +
-                                       std::to_string(counter++));
+    dir = fs::temp_directory_path() /
+          ("adapters_io_test." + std::to_string(::getpid()) + "." + std::to_string(counter++));
     fs::create_directories(dir);
   }
   void TearDown() override { fs::remove_all(dir); }
@@ -138,12 +140,18 @@ class IoTest : public ::testing::Test {
 io::TensorMap every_dtype() {
   const auto values = torch::linspace(-3, 3, 12).reshape({3, 4});
   io::TensorMap tensors = {
-      {"f64", values.to(torch::kFloat64)}, {"f32", values.to(torch::kFloat32)},
-      {"f16", values.to(torch::kFloat16)}, {"bf16", values.to(torch::kBFloat16)},
-      {"i64", (values * 1e9).to(torch::kInt64)}, {"i32", (values * 1e6).to(torch::kInt32)},
-      {"i16", (values * 1e3).to(torch::kInt16)}, {"i8", (values * 10).to(torch::kInt8)},
-      {"u8", (values * 10 + 40).to(torch::kUInt8)}, {"bool", values > 0},
-      {"empty", torch::empty({0, 3})}, {"scalar", torch::tensor(2.5)},
+      {"f64", values.to(torch::kFloat64)},
+      {"f32", values.to(torch::kFloat32)},
+      {"f16", values.to(torch::kFloat16)},
+      {"bf16", values.to(torch::kBFloat16)},
+      {"i64", (values * 1e9).to(torch::kInt64)},
+      {"i32", (values * 1e6).to(torch::kInt32)},
+      {"i16", (values * 1e3).to(torch::kInt16)},
+      {"i8", (values * 10).to(torch::kInt8)},
+      {"u8", (values * 10 + 40).to(torch::kUInt8)},
+      {"bool", values > 0},
+      {"empty", torch::empty({0, 3})},
+      {"scalar", torch::tensor(2.5)},
       {"transposed", values.t()},  // not contiguous: written contiguous
   };
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
@@ -214,7 +222,8 @@ TEST_F(IoTest, SafetensorsHeaderIsPaddedWithSpacesToEightBytes) {
 // sorts its keys while HF keeps them in insertion order.
 TEST_F(IoTest, SafetensorsRewriteOfHfFilesMatchesTheOriginal) {
   std::vector<fs::path> files = {kData / "bert.model.safetensors"};
-  for (const char* name : kAdapterCases) files.push_back(kData / (std::string(name) + ".adapter.safetensors"));
+  for (const char* name : kAdapterCases)
+    files.push_back(kData / (std::string(name) + ".adapter.safetensors"));
   for (const fs::path& original : files) {
     SCOPED_TRACE(original.string());
     const auto contents = io::read_safetensors(original);
@@ -255,6 +264,7 @@ TEST_F(IoTest, SafetensorsMisalignedTensorIsCopiedCorrectly) {
   ASSERT_EQ(padded.size() % 8, 3u);
   write_bytes(dir / "odd.safetensors", safetensors_bytes(padded, float_bytes({1.5f, -2.f, 3.25f})));
   const torch::Tensor x = io::read_safetensors(dir / "odd.safetensors").tensors.at("x");
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(x.data_ptr()) % alignof(float), 0u);
   EXPECT_TRUE(torch::equal(x, torch::tensor({1.5f, -2.f, 3.25f})));
 }
 
@@ -282,22 +292,25 @@ TEST_F(IoTest, SafetensorsRejectsHeaderThatLiesAboutSizes) {
 }
 
 TEST_F(IoTest, SafetensorsRejectsOffsetsOutsideTheData) {
-  expect_mentions(read_error(safetensors_bytes(
-                      R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})", std::string(8, '\0'))),
-                  {"tensor \"w\"", "past the end of the data section (8 bytes)"});
-  expect_mentions(read_error(safetensors_bytes(
-                      R"({"w":{"dtype":"F32","shape":[0],"data_offsets":[4,0]}})", std::string(8, '\0'))),
-                  {"tensor \"w\"", "end before they begin"});
-  expect_mentions(read_error(safetensors_bytes(
-                      R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}})", std::string(8, '\0'))),
-                  {"tensor \"w\"", "non-negative integers"});
+  expect_mentions(
+      read_error(safetensors_bytes(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})",
+                                   std::string(8, '\0'))),
+      {"tensor \"w\"", "past the end of the data section (8 bytes)"});
+  expect_mentions(
+      read_error(safetensors_bytes(R"({"w":{"dtype":"F32","shape":[0],"data_offsets":[4,0]}})",
+                                   std::string(8, '\0'))),
+      {"tensor \"w\"", "end before they begin"});
+  expect_mentions(
+      read_error(safetensors_bytes(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}})",
+                                   std::string(8, '\0'))),
+      {"tensor \"w\"", "non-negative integers"});
 }
 
 TEST_F(IoTest, SafetensorsRejectsOverlappingTensors) {
-  const std::string message = read_error(safetensors_bytes(
-      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-      R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
-      std::string(12, '\0')));
+  const std::string message =
+      read_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                   R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                                   std::string(12, '\0')));
   expect_mentions(message, {"\"a\" [0, 8)", "\"b\" [4, 12)", "overlap"});
 }
 
@@ -338,20 +351,23 @@ TEST_F(IoTest, SafetensorsRejectsNonObjectHeaderAndEntries) {
 }
 
 TEST_F(IoTest, SafetensorsRejectsDuplicateNamesAndHugeShapes) {
-  expect_mentions(read_error(safetensors_bytes(
-                      R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
-                      R"("w":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})", "ab")),
-                  {"\"w\" twice"});
+  expect_mentions(
+      read_error(safetensors_bytes(R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
+                                   R"("w":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})",
+                                   "ab")),
+      {"\"w\" twice"});
   expect_mentions(
       read_error(safetensors_bytes(R"({"w":{"dtype":"F64","shape":[4294967296,4294967296],)"
-                                   R"("data_offsets":[0,8]}})", std::string(8, '\0'))),
+                                   R"("data_offsets":[0,8]}})",
+                                   std::string(8, '\0'))),
       {"tensor \"w\"", "too large"});
 }
 
 TEST_F(IoTest, SafetensorsRejectsBoolBytesOtherThanZeroOrOne) {
-  expect_mentions(read_error(safetensors_bytes(
-                      R"({"m":{"dtype":"BOOL","shape":[3],"data_offsets":[0,3]}})", std::string("\1\0\2", 3))),
-                  {"tensor \"m\"", "element 2", "byte value 2"});
+  expect_mentions(
+      read_error(safetensors_bytes(R"({"m":{"dtype":"BOOL","shape":[3],"data_offsets":[0,3]}})",
+                                   std::string("\1\0\2", 3))),
+      {"tensor \"m\"", "element 2", "byte value 2"});
 }
 
 TEST_F(IoTest, SafetensorsMissingFileIsNamed) {
@@ -365,10 +381,11 @@ TEST_F(IoTest, SafetensorsWriterRejectsWhatTheFormatCannotHold) {
                                           {{"z", torch::zeros({2}, torch::kComplexFloat)}});
                   }),
                   {(dir / "c.safetensors").string(), "tensor \"z\"", "ComplexFloat"});
-  expect_mentions(error_of([&] {
-                    io::write_safetensors(dir / "c.safetensors", {{"__metadata__", torch::zeros({1})}});
-                  }),
-                  {"reserved"});
+  expect_mentions(
+      error_of([&] {
+        io::write_safetensors(dir / "c.safetensors", {{"__metadata__", torch::zeros({1})}});
+      }),
+      {"reserved"});
   EXPECT_TRUE(folder_entries().empty());
 }
 
@@ -379,10 +396,13 @@ TEST_F(IoTest, SafetensorsWriterRejectsWhatTheFormatCannotHold) {
 TEST_F(IoTest, TorchBinEqualsSafetensorsForRealAdapters) {
   for (const char* name : kAdapterCases) {
     SCOPED_TRACE(name);
-    const io::TensorMap bin = io::read_torch_bin(kData / (std::string(name) + ".pytorch_adapter.bin"));
-    const auto safetensors = io::read_safetensors(kData / (std::string(name) + ".adapter.safetensors"));
+    const io::TensorMap bin =
+        io::read_torch_bin(kData / (std::string(name) + ".pytorch_adapter.bin"));
+    const auto safetensors =
+        io::read_safetensors(kData / (std::string(name) + ".adapter.safetensors"));
     nlohmann::json aliases = nlohmann::json::object();
-    if (safetensors.metadata.count("aliases")) aliases = nlohmann::json::parse(safetensors.metadata.at("aliases"));
+    if (safetensors.metadata.count("aliases"))
+      aliases = nlohmann::json::parse(safetensors.metadata.at("aliases"));
     EXPECT_EQ(bin.size(), safetensors.tensors.size() + aliases.size());
     for (const auto& [key, tensor] : bin) {
       const std::string source = aliases.contains(key) ? aliases[key].get<std::string>() : key;
@@ -394,9 +414,12 @@ TEST_F(IoTest, TorchBinEqualsSafetensorsForRealAdapters) {
 }
 
 TEST_F(IoTest, TorchBinKeysSharingAStorageShareMemory) {
-  const io::TensorMap bin = io::read_torch_bin(kData / "bert__var_prefix_len5_bneck16.pytorch_adapter.bin");
+  const io::TensorMap bin =
+      io::read_torch_bin(kData / "bert__var_prefix_len5_bneck16.pytorch_adapter.bin");
   const auto& a = bin.at("bert.prefix_tuning.prefix_tunings.a.self_prefix.wte.weight");
-  const auto& b = bin.at("bert.encoder.layer.1.attention.self.prefix_tuning.pool.prefix_tunings.a.self_prefix.wte.weight");
+  const auto& b = bin.at(
+      "bert.encoder.layer.1.attention.self.prefix_tuning.pool.prefix_tunings.a.self_prefix.wte."
+      "weight");
   EXPECT_EQ(a.data_ptr(), b.data_ptr());
   EXPECT_EQ(a.sizes(), (std::vector<std::int64_t>{5, 32}));
 }
@@ -447,9 +470,13 @@ struct Pickle {
     return op("t");
   }
   // _rebuild_tensor_v2(('storage', FloatStorage, key, 'cpu', numel), offset, sizes, strides, ...)
-  Pickle& tensor(const std::string& key, std::int32_t numel, std::initializer_list<std::int32_t> sizes,
+  Pickle& tensor(const std::string& key, std::int32_t numel,
+                 std::initializer_list<std::int32_t> sizes,
                  std::initializer_list<std::int32_t> strides, std::int32_t offset = 0) {
-    global("torch._utils", "_rebuild_tensor_v2").op("((").text("storage").global("torch", "FloatStorage");
+    global("torch._utils", "_rebuild_tensor_v2")
+        .op("((")
+        .text("storage")
+        .global("torch", "FloatStorage");
     text(key).text("cpu").integer(numel).op("tQ").integer(offset).ints(sizes).ints(strides);
     return op("\x89").global("collections", "OrderedDict").op(")Rt").op("R");
   }
@@ -459,7 +486,8 @@ void write_torch_zip(const fs::path& path, const std::string& pickle,
                      const std::map<std::string, std::string>& records) {
   caffe2::serialize::PyTorchStreamWriter writer(path.string());
   writer.writeRecord("data.pkl", pickle.data(), pickle.size());
-  for (const auto& [name, data] : records) writer.writeRecord("data/" + name, data.data(), data.size());
+  for (const auto& [name, data] : records)
+    writer.writeRecord("data/" + name, data.data(), data.size());
   writer.writeEndOfFile();
 }
 
@@ -479,7 +507,10 @@ TEST_F(IoTest, TorchBinRejectsNonDictPayloadsAndNonTensorValues) {
 }
 
 TEST_F(IoTest, TorchBinRejectsLegacyAndNonZipFiles) {
-  write_bytes(dir / "legacy.bin", "\x80\x02\x8a\x0a" "l\xfc\x9c" "F\xf9 j\xa8P\x19.");
+  write_bytes(dir / "legacy.bin",
+              "\x80\x02\x8a\x0a"
+              "l\xfc\x9c"
+              "F\xf9 j\xa8P\x19.");
   expect_mentions(error_of([&] { io::read_torch_bin(dir / "legacy.bin"); }),
                   {(dir / "legacy.bin").string(), "legacy torch.save format", "torch >= 1.6"});
   write_bytes(dir / "text.bin", "hello");
@@ -531,7 +562,8 @@ TEST_F(IoTest, TorchBinRejectsHostilePickles) {
       {Pickle().op("}(").text("w").bytes, "the pickle is truncated"},
       {Pickle().op("u.").bytes, "MARK it never set"},
       {Pickle().op("h\x05.").bytes, "memo entry 5"},
-      {Pickle().op(std::string("}q\0(", 4)).text("self").op(std::string("h\0u.", 4)).bytes, "holds itself"},
+      {Pickle().op(std::string("}q\0(", 4)).text("self").op(std::string("h\0u.", 4)).bytes,
+       "holds itself"},
       {Pickle().op(std::string(40, '(') + "N" + std::string(40, 't') + ".").bytes, "nested deeper"},
       {Pickle().op("\xff").bytes, "unsupported pickle opcode 0xff"},
   };
@@ -567,9 +599,12 @@ class ShardedTest : public IoTest {
     c10::Dict<std::string, torch::Tensor> second;
     for (const auto& [key, tensor] : model) {
       const bool in_first = first.size() < model.size() / 2;
-      if (in_first) first.emplace(key, tensor);
-      else second.insert(key, tensor);
-      index["weight_map"][key] = in_first ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.bin";
+      if (in_first)
+        first.emplace(key, tensor);
+      else
+        second.insert(key, tensor);
+      index["weight_map"][key] =
+          in_first ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.bin";
     }
     first.emplace("not.in.the.index", torch::ones({1}));
     io::write_safetensors(dir / "model-00001-of-00002.safetensors", first);

@@ -30,8 +30,8 @@ class TempFileBeside {
     ADAPTERS_CHECK(!target.filename().empty(), "cannot write ", target, ": the path names no file");
     static std::atomic<unsigned> counter{0};
     for (int attempt = 0; attempt < 100 && fd_ < 0; ++attempt) {
-      temp_ = target.parent_path() / str(".", target.filename().string(), ".tmp.", ::getpid(), ".",
-                                         counter++);
+      temp_ = target.parent_path() /
+              str(".", target.filename().string(), ".tmp.", ::getpid(), ".", counter++);
       fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
       if (fd_ < 0 && errno != EEXIST) break;
     }
@@ -106,7 +106,8 @@ TensorMap read_checkpoint_file(const fs::path& path) {
 // Shard file -> the keys the index assigns to it.
 using KeysByShard = std::map<std::string, std::vector<std::string>>;
 
-void check_shard_name(const fs::path& index_path, const std::string& key, const std::string& shard) {
+void check_shard_name(const fs::path& index_path, const std::string& key,
+                      const std::string& shard) {
   const fs::path shard_path(shard);
   bool inside_folder = !shard.empty() && shard_path.is_relative();
   for (const auto& part : shard_path) inside_folder = inside_folder && part != "..";
@@ -121,9 +122,12 @@ KeysByShard read_weight_map(const fs::path& index_path) {
   } catch (const nlohmann::json::exception& e) {
     throw Error(str(index_path, ": invalid JSON in sharded checkpoint index: ", e.what()));
   }
-  ADAPTERS_CHECK(index.is_object() && index.contains("weight_map") && index["weight_map"].is_object(),
-                 index_path, ": expected a JSON object with a \"weight_map\" object (key -> shard "
-                 "file), found ", index.type_name(), index.is_object() ? " without one" : "");
+  ADAPTERS_CHECK(
+      index.is_object() && index.contains("weight_map") && index["weight_map"].is_object(),
+      index_path,
+      ": expected a JSON object with a \"weight_map\" object (key -> shard "
+      "file), found ",
+      index.type_name(), index.is_object() ? " without one" : "");
   KeysByShard keys_by_shard;
   for (const auto& [key, shard] : index["weight_map"].items()) {
     ADAPTERS_CHECK(shard.is_string(), index_path, ": weight_map[\"", key,
@@ -162,7 +166,8 @@ void write_file_atomic_streamed(const fs::path& path,
 }
 
 void write_file_atomic(const fs::path& path, const std::string& bytes) {
-  write_file_atomic_streamed(path, [&bytes](const ByteSink& sink) { sink(bytes.data(), bytes.size()); });
+  write_file_atomic_streamed(path,
+                             [&bytes](const ByteSink& sink) { sink(bytes.data(), bytes.size()); });
 }
 
 std::string read_text_file(const fs::path& path) {

@@ -42,9 +42,9 @@ struct DtypeName {
 };
 
 const DtypeName kDtypeNames[] = {
-    {"F64", torch::kFloat64}, {"F32", torch::kFloat32}, {"F16", torch::kFloat16},
-    {"BF16", torch::kBFloat16}, {"I64", torch::kInt64}, {"I32", torch::kInt32},
-    {"I16", torch::kInt16},   {"I8", torch::kInt8},     {"U8", torch::kUInt8},
+    {"F64", torch::kFloat64},        {"F32", torch::kFloat32},      {"F16", torch::kFloat16},
+    {"BF16", torch::kBFloat16},      {"I64", torch::kInt64},        {"I32", torch::kInt32},
+    {"I16", torch::kInt16},          {"I8", torch::kInt8},          {"U8", torch::kUInt8},
     {"BOOL", torch::kBool},
 #if ADAPTERS_HAVE_FLOAT8
     {"F8_E4M3", at::kFloat8_e4m3fn}, {"F8_E5M2", at::kFloat8_e5m2},
@@ -130,8 +130,9 @@ void write_le64(std::uint64_t value, char* bytes) {
 }
 
 std::uint64_t read_header_length(const MappedFile& file, const fs::path& path) {
-  ADAPTERS_CHECK(file.size() >= kHeaderLengthBytes, path, ": truncated safetensors file: ",
-                 file.size(), " bytes, expected at least 8 (the header length)");
+  ADAPTERS_CHECK(file.size() >= kHeaderLengthBytes, path,
+                 ": truncated safetensors file: ", file.size(),
+                 " bytes, expected at least 8 (the header length)");
   const std::uint64_t length = read_le64(file.data());
   ADAPTERS_CHECK(length <= kMaxSafetensorsHeader, path, ": header length ", length,
                  " exceeds the limit of ", kMaxSafetensorsHeader, " bytes");
@@ -144,9 +145,10 @@ std::uint64_t read_header_length(const MappedFile& file, const fs::path& path) {
 // Parses the header, rejecting keys listed twice and nesting no header has.
 json parse_header_json(const MappedFile& file, std::uint64_t length, const fs::path& path) {
   std::set<std::string> names;
-  const json::parser_callback_t check_event = [&](int depth, json::parse_event_t event, json& parsed) {
-    const bool opens = event == json::parse_event_t::object_start ||
-                       event == json::parse_event_t::array_start;
+  const json::parser_callback_t check_event = [&](int depth, json::parse_event_t event,
+                                                  json& parsed) {
+    const bool opens =
+        event == json::parse_event_t::object_start || event == json::parse_event_t::array_start;
     ADAPTERS_CHECK(!opens || depth < kMaxHeaderNesting, path,
                    ": header JSON is nested deeper than a safetensors header");
     if (depth == 1 && event == json::parse_event_t::key) {
@@ -167,8 +169,8 @@ json parse_header_json(const MappedFile& file, std::uint64_t length, const fs::p
 }
 
 Metadata parse_metadata(const json& object, const fs::path& path) {
-  ADAPTERS_CHECK(object.is_object(), path, ": \"__metadata__\" must be an object of strings, found ",
-                 object.type_name());
+  ADAPTERS_CHECK(object.is_object(), path,
+                 ": \"__metadata__\" must be an object of strings, found ", object.type_name());
   Metadata metadata;
   for (const auto& [key, value] : object.items()) {
     ADAPTERS_CHECK(value.is_string(), path, ": \"__metadata__\" entry \"", key,
@@ -215,7 +217,8 @@ torch::Dtype parse_dtype(const json& value, const std::string& name, const fs::p
 TensorEntry parse_tensor_entry(const std::string& name, const json& info, std::uint64_t data_size,
                                const fs::path& path) {
   ADAPTERS_CHECK(info.is_object(), path, ": tensor \"", name,
-                 "\" must be an object with dtype, shape and data_offsets, found ", info.type_name());
+                 "\" must be an object with dtype, shape and data_offsets, found ",
+                 info.type_name());
   TensorEntry entry{name, parse_dtype(field_of(info, "dtype", name, path), name, path), {}, 0, 0};
 
   const json& shape = field_of(info, "shape", name, path);
@@ -284,12 +287,14 @@ torch::Tensor tensor_from_mapping(const TensorEntry& entry, const std::shared_pt
     std::memcpy(copy.data_ptr(), bytes, entry.end - entry.begin);
     return copy;
   }
-  return torch::from_blob(bytes, entry.shape, [file](void*) {}, options);
+  return torch::from_blob(
+      bytes, entry.shape, [file](void*) {}, options);
 }
 
 // The header of a file holding `tensors` (contiguous CPU tensors), padded with spaces to a
 // multiple of 8 bytes so that the data section starts aligned.
-std::string encode_header(const TensorMap& tensors, const Metadata& metadata, const fs::path& path) {
+std::string encode_header(const TensorMap& tensors, const Metadata& metadata,
+                          const fs::path& path) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   std::uint64_t offset = 0;
   for (const auto& [name, tensor] : tensors) {
@@ -318,9 +323,10 @@ TensorMap prepare_for_writing(const TensorMap& tensors, const fs::path& path) {
     ADAPTERS_CHECK(name != "__metadata__", "cannot write ", path,
                    ": \"__metadata__\" is reserved by the format and cannot name a tensor");
     ADAPTERS_CHECK(tensor.defined(), "cannot write ", path, ": tensor \"", name, "\" is undefined");
-    ADAPTERS_CHECK(name_of_dtype(tensor.scalar_type()) != nullptr, "cannot write ", path,
-                   ": tensor \"", name, "\" has dtype ", tensor.scalar_type(),
-                   ", which safetensors files here cannot hold; supported: ", supported_dtype_names());
+    ADAPTERS_CHECK(
+        name_of_dtype(tensor.scalar_type()) != nullptr, "cannot write ", path, ": tensor \"", name,
+        "\" has dtype ", tensor.scalar_type(),
+        ", which safetensors files here cannot hold; supported: ", supported_dtype_names());
     prepared.emplace(name, tensor.detach().to(torch::kCPU).contiguous());
   }
   return prepared;

@@ -36,7 +36,8 @@ SafetensorsContents read_safetensors(const fs::path& path);
 
 // Writes tensors (any device, made contiguous and moved to CPU) to `path` atomically: a temporary
 // file in the same folder, fsync, then rename. Keys are written in name order.
-void write_safetensors(const fs::path& path, const TensorMap& tensors, const Metadata& metadata = {});
+void write_safetensors(const fs::path& path, const TensorMap& tensors,
+                       const Metadata& metadata = {});
 
 // Reads a torch.save file (the zip format of torch >= 1.6) holding a dict of name -> tensor
 // (an OrderedDict state dict). Throws adapters::Error naming the file for anything else.

@@ -3,9 +3,10 @@
 // PyTorchStreamReader; the pickle with a small, strict unpickler of its own that knows exactly what
 // a state dict needs (dicts, OrderedDicts, tensors rebuilt by torch._utils._rebuild_tensor_v2 /
 // _rebuild_parameter, torch::pickle_save's type tags), checks every stack access, and bounds every
-// tensor view by the bytes its storage record really holds. (libtorch's own torch::pickle_load turns collections.OrderedDict
-// into None, so the OrderedDict state dicts of older transformers fail there, and it trusts the
-// sizes written in the pickle.) Keys that share a storage share it in memory too.
+// tensor view by the bytes its storage record really holds. (libtorch 1.13's torch::pickle_load
+// turns collections.OrderedDict into None, so the OrderedDict state dicts of older transformers
+// fail there, and it trusts the sizes written in the pickle.) Keys that share a storage share it in
+// memory too. Of libtorch only the long-stable PyTorchStreamReader is used (1.13 and 2.x alike).
 #include "adapters/io/tensors.h"
 
 #include "adapters/core/error.h"
@@ -55,8 +56,9 @@ struct TensorSpec {  // a tensor view, materialized once its storage record is c
 
 struct None {};
 struct Container;
-using Value = std::variant<None, bool, std::int64_t, double, Text, Callable, StorageType, StorageRef,
-                           std::shared_ptr<const TensorSpec>, std::shared_ptr<Container>>;
+using Value =
+    std::variant<None, bool, std::int64_t, double, Text, Callable, StorageType, StorageRef,
+                 std::shared_ptr<const TensorSpec>, std::shared_ptr<Container>>;
 
 // Tuples, lists and dicts. A container placed inside another is frozen: it never changes again,
 // which keeps `depth` exact (so destruction cannot recurse too deep) and rules out cycles.
@@ -100,11 +102,16 @@ std::string describe(const Value& value) {
 
 std::optional<torch::Dtype> storage_dtype(const std::string& class_name) {
   static const std::map<std::string, torch::Dtype> kStorageTypes = {
-      {"DoubleStorage", torch::kFloat64}, {"FloatStorage", torch::kFloat32},
-      {"HalfStorage", torch::kFloat16},   {"BFloat16Storage", torch::kBFloat16},
-      {"LongStorage", torch::kInt64},     {"IntStorage", torch::kInt32},
-      {"ShortStorage", torch::kInt16},    {"CharStorage", torch::kInt8},
-      {"ByteStorage", torch::kUInt8},     {"BoolStorage", torch::kBool},
+      {"DoubleStorage", torch::kFloat64},
+      {"FloatStorage", torch::kFloat32},
+      {"HalfStorage", torch::kFloat16},
+      {"BFloat16Storage", torch::kBFloat16},
+      {"LongStorage", torch::kInt64},
+      {"IntStorage", torch::kInt32},
+      {"ShortStorage", torch::kInt16},
+      {"CharStorage", torch::kInt8},
+      {"ByteStorage", torch::kUInt8},
+      {"BoolStorage", torch::kBool},
       {"ComplexFloatStorage", torch::kComplexFloat},
       {"ComplexDoubleStorage", torch::kComplexDouble}};
   auto found = kStorageTypes.find(class_name);
@@ -134,40 +141,51 @@ class Unpickler {
   bool step() {
     const std::uint8_t opcode = read_byte();
     switch (opcode) {
-      case 0x80: read_byte(); break;                   // PROTO
-      case 0x95: read_le<std::uint64_t>(); break;      // FRAME
-      case '.': return false;                          // STOP
+      case 0x80: read_byte(); break;                     // PROTO
+      case 0x95: read_le<std::uint64_t>(); break;        // FRAME
+      case '.': return false;                            // STOP
       case '(': marks_.push_back(stack_.size()); break;  // MARK
       case '}': push(new_container(Container::Kind::kDict)); break;
       case ']': push(new_container(Container::Kind::kList)); break;
       case ')': push(make_tuple({})); break;
       case 't': push(make_tuple(pop_to_mark())); break;
-      case 0x85: case 0x86: case 0x87: push(make_tuple(pop_n(opcode - 0x84u))); break;  // TUPLE1-3
+      case 0x85:
+      case 0x86:
+      case 0x87: push(make_tuple(pop_n(opcode - 0x84u))); break;  // TUPLE1-3
       case 'l': push(fill_list(new_container(Container::Kind::kList), pop_to_mark())); break;
       case 'd': push(fill_dict(new_container(Container::Kind::kDict), pop_to_mark())); break;
-      case 'a': { auto items = pop_n(1); fill_list(top_container(Container::Kind::kList), std::move(items)); } break;
-      case 'e': { auto items = pop_to_mark(); fill_list(top_container(Container::Kind::kList), std::move(items)); } break;
-      case 's': { auto items = pop_n(2); fill_dict(top_container(Container::Kind::kDict), std::move(items)); } break;
-      case 'u': { auto items = pop_to_mark(); fill_dict(top_container(Container::Kind::kDict), std::move(items)); } break;
-      case 'q': memo_put(read_byte()); break;                      // BINPUT
-      case 'r': memo_put(read_le<std::uint32_t>()); break;         // LONG_BINPUT
-      case 0x94: memo_put(memo_.size()); break;                    // MEMOIZE
-      case 'h': memo_get(read_byte()); break;                      // BINGET
-      case 'j': memo_get(read_le<std::uint32_t>()); break;         // LONG_BINGET
-      case 'K': push(std::int64_t{read_byte()}); break;            // BININT1
+      case 'a': add_to_top_list(pop_n(1)); break;                     // APPEND
+      case 'e': add_to_top_list(pop_to_mark()); break;                // APPENDS
+      case 's': add_to_top_dict(pop_n(2)); break;                     // SETITEM
+      case 'u': add_to_top_dict(pop_to_mark()); break;                // SETITEMS
+      case 'q': memo_put(read_byte()); break;                         // BINPUT
+      case 'r': memo_put(read_le<std::uint32_t>()); break;            // LONG_BINPUT
+      case 0x94: memo_put(memo_.size()); break;                       // MEMOIZE
+      case 'h': memo_get(read_byte()); break;                         // BINGET
+      case 'j': memo_get(read_le<std::uint32_t>()); break;            // LONG_BINGET
+      case 'K': push(std::int64_t{read_byte()}); break;               // BININT1
       case 'M': push(std::int64_t{read_le<std::uint16_t>()}); break;  // BININT2
       case 'J': push(std::int64_t{read_le<std::int32_t>()}); break;   // BININT
-      case 0x8a: push(read_long1()); break;                        // LONG1
+      case 0x8a: push(read_long1()); break;                           // LONG1
       case 'N': push(None{}); break;
-      case 0x88: push(true); break;                                // NEWTRUE
-      case 0x89: push(false); break;                               // NEWFALSE
-      case 'G': push(read_binfloat()); break;                      // BINFLOAT
-      case 'X': push(read_text(read_le<std::uint32_t>())); break;  // BINUNICODE
-      case 0x8c: push(read_text(read_byte())); break;              // SHORT_BINUNICODE
-      case 0x8d: push(read_text(read_le<std::uint64_t>())); break; // BINUNICODE8
-      case 'c': { auto module = read_line(); push(resolve_global(module, read_line())); } break;
-      case 0x93: { auto name = pop_text(); push(resolve_global(*pop_text(), *name)); } break;
-      case 'R': { auto args = pop_container(Container::Kind::kTuple); push(call(pop(), *args)); } break;
+      case 0x88: push(true); break;                                 // NEWTRUE
+      case 0x89: push(false); break;                                // NEWFALSE
+      case 'G': push(read_binfloat()); break;                       // BINFLOAT
+      case 'X': push(read_text(read_le<std::uint32_t>())); break;   // BINUNICODE
+      case 0x8c: push(read_text(read_byte())); break;               // SHORT_BINUNICODE
+      case 0x8d: push(read_text(read_le<std::uint64_t>())); break;  // BINUNICODE8
+      case 'c': {
+        auto module = read_line();
+        push(resolve_global(module, read_line()));
+      } break;
+      case 0x93: {
+        auto name = pop_text();
+        push(resolve_global(*pop_text(), *name));
+      } break;
+      case 'R': {
+        auto args = pop_container(Container::Kind::kTuple);
+        push(call(pop(), *args));
+      } break;
       case 'b': build(); break;
       case 'Q': push(persistent_load(*pop_container(Container::Kind::kTuple))); break;  // BINPERSID
       default: fail(str("unsupported pickle opcode 0x", std::hex, int{opcode}));
@@ -187,7 +205,8 @@ class Unpickler {
   T read_le() {
     const char* bytes = take(sizeof(T));
     std::uint64_t value = 0;
-    for (std::size_t i = sizeof(T); i-- > 0;) value = (value << 8) | static_cast<unsigned char>(bytes[i]);
+    for (std::size_t i = sizeof(T); i-- > 0;)
+      value = (value << 8) | static_cast<unsigned char>(bytes[i]);
     return static_cast<T>(value);
   }
 
@@ -217,7 +236,8 @@ class Unpickler {
     if (length > 8) fail(str("LONG1 integer of ", int{length}, " bytes; at most 8 are supported"));
     const char* bytes = take(length);
     std::uint64_t value = 0;
-    for (std::size_t i = length; i-- > 0;) value = (value << 8) | static_cast<unsigned char>(bytes[i]);
+    for (std::size_t i = length; i-- > 0;)
+      value = (value << 8) | static_cast<unsigned char>(bytes[i]);
     if (length > 0 && length < 8 && (static_cast<unsigned char>(bytes[length - 1]) & 0x80))
       value |= ~std::uint64_t{0} << (8 * length);  // sign-extend
     return static_cast<std::int64_t>(value);
@@ -226,7 +246,8 @@ class Unpickler {
   double read_binfloat() {
     const char* bytes = take(8);
     std::uint64_t bits = 0;
-    for (int i = 0; i < 8; ++i) bits = (bits << 8) | static_cast<unsigned char>(bytes[i]);  // big-endian
+    for (int i = 0; i < 8; ++i)
+      bits = (bits << 8) | static_cast<unsigned char>(bytes[i]);  // big-endian
     double value;
     std::memcpy(&value, &bits, sizeof value);
     return value;
@@ -254,8 +275,9 @@ class Unpickler {
     if (marks_.empty()) fail("the pickle uses a MARK it never set");
     const std::size_t mark = marks_.back();
     marks_.pop_back();
-    std::vector<Value> values(std::make_move_iterator(stack_.begin() + static_cast<std::ptrdiff_t>(mark)),
-                              std::make_move_iterator(stack_.end()));
+    std::vector<Value> values(
+        std::make_move_iterator(stack_.begin() + static_cast<std::ptrdiff_t>(mark)),
+        std::make_move_iterator(stack_.end()));
     stack_.resize(mark);
     return values;
   }
@@ -284,6 +306,14 @@ class Unpickler {
     return *container;
   }
 
+  // The items are popped (as the argument) before the container beneath them is looked at.
+  void add_to_top_list(std::vector<Value> items) {
+    fill_list(top_container(Container::Kind::kList), std::move(items));
+  }
+  void add_to_top_dict(std::vector<Value> items) {
+    fill_dict(top_container(Container::Kind::kDict), std::move(items));
+  }
+
   void memo_put(std::uint64_t index) {
     if (stack_.empty()) fail("memoizing from an empty stack");
     memo_[index] = stack_.back();
@@ -297,7 +327,9 @@ class Unpickler {
 
   // -- containers
 
-  static ContainerPtr new_container(Container::Kind kind) { return std::make_shared<Container>(kind); }
+  static ContainerPtr new_container(Container::Kind kind) {
+    return std::make_shared<Container>(kind);
+  }
 
   void adopt(Container& parent, const Value& child) {
     auto* inner = std::get_if<ContainerPtr>(&child);
@@ -339,10 +371,12 @@ class Unpickler {
   Value resolve_global(const std::string& module, const std::string& name) {
     if (module == "collections" && name == "OrderedDict") return Callable::kOrderedDict;
     if (module == "torch._utils" && name == "_rebuild_tensor_v2") return Callable::kRebuildTensorV2;
-    if (module == "torch._utils" && name == "_rebuild_parameter") return Callable::kRebuildParameter;
+    if (module == "torch._utils" && name == "_rebuild_parameter")
+      return Callable::kRebuildParameter;
     if (module == "torch._utils" && name == "_rebuild_parameter_with_state")
       return Callable::kRebuildParameterWithState;
-    if (module == "torch.jit._pickle" && name == "restore_type_tag") return Callable::kRestoreTypeTag;
+    if (module == "torch.jit._pickle" && name == "restore_type_tag")
+      return Callable::kRestoreTypeTag;
     if (module == "torch")
       if (auto dtype = storage_dtype(name)) return StorageType{*dtype};
     fail(str("unsupported Python object ", module, ".", name,
@@ -356,11 +390,11 @@ class Unpickler {
       case Callable::kOrderedDict:
         if (!args.items.empty()) fail("OrderedDict is called with arguments");
         return new_container(Container::Kind::kDict);
-      case Callable::kRebuildTensorV2:
-        return rebuild_tensor(args);
+      case Callable::kRebuildTensorV2: return rebuild_tensor(args);
       case Callable::kRebuildParameter:
       case Callable::kRebuildParameterWithState:
-        if (args.items.empty() || !std::holds_alternative<std::shared_ptr<const TensorSpec>>(args.items[0]))
+        if (args.items.empty() ||
+            !std::holds_alternative<std::shared_ptr<const TensorSpec>>(args.items[0]))
           fail("_rebuild_parameter expects a tensor as its first argument");
         return args.items[0];
       case Callable::kRestoreTypeTag:
@@ -391,7 +425,8 @@ class Unpickler {
       fail(str("_rebuild_tensor_v2 expects 6 or 7 arguments, found ", items.size()));
     const auto* storage = std::get_if<StorageRef>(&items[0]);
     const auto* offset = std::get_if<std::int64_t>(&items[1]);
-    if (storage == nullptr) fail("_rebuild_tensor_v2 expects a storage, found " + describe(items[0]));
+    if (storage == nullptr)
+      fail("_rebuild_tensor_v2 expects a storage, found " + describe(items[0]));
     if (offset == nullptr || *offset < 0)
       fail("tensor storage offset must be a non-negative int, found " + describe(items[1]));
     if (items.size() == 7 && !std::holds_alternative<None>(items[6])) {
@@ -469,8 +504,8 @@ class StorageRecords {
     auto found = storages_.find(key);
     if (found != storages_.end()) return found->second;
     const std::string record = "data/" + key;
-    ADAPTERS_CHECK(reader_.hasRecord(record), path_, ": tensor \"", tensor_name, "\" uses storage \"",
-                   key, "\", but the archive has no record ", record);
+    ADAPTERS_CHECK(reader_.hasRecord(record), path_, ": tensor \"", tensor_name,
+                   "\" uses storage \"", key, "\", but the archive has no record ", record);
     auto [data, size] = reader_.getRecord(record);
     at::Storage storage(c10::Storage::use_byte_size_t(), size, std::move(data), nullptr, false);
     return storages_.emplace(key, std::move(storage)).first->second;

@@ -1,0 +1,37 @@
+// Benchmark: inference cost of bottleneck adapters on BERT-base shapes (random weights).
+// For batch x seq 1x8, 1x128 and 8x128 it times the plain model, seq_bn and double_seq_bn,
+// interleaved, and prints min / median milliseconds and the ratio to the plain model.
+// Goal (issue 2): bottleneck overhead <= 4% over base.
+#include <cstdlib>
+
+#include "bench_util.h"
+
+using namespace adapters;
+
+int main(int argc, char** argv) {
+  const int scale = argc > 1 ? std::atoi(argv[1]) : 1;  // repetitions multiplier
+  torch::manual_seed(0);
+  c10::InferenceMode inference;
+  AdapterModel model(bench::bert_base_config());
+  model->eval();
+  model->add_adapter("seq", "seq_bn");
+  model->add_adapter("double", "double_seq_bn");
+  std::printf("BERT-base shapes, %d threads, libtorch %s\n", torch::get_num_threads(), TORCH_VERSION);
+  std::printf("seq_bn: %lld parameters, double_seq_bn: %lld, base: %lld\n",
+              static_cast<long long>(model->adapter_summary_rows()[0].parameters),
+              static_cast<long long>(model->adapter_summary_rows()[1].parameters),
+              static_cast<long long>(model->base_parameter_count()));
+
+  const Block seq = Block::adapter("seq"), dbl = Block::adapter("double");
+  for (auto [batch, len, reps] : {std::tuple{1, 8, 200}, std::tuple{1, 128, 30}, std::tuple{8, 128, 6}}) {
+    const auto inputs = bench::random_inputs(batch, len, model->config().vocab_size);
+    std::vector<bench::Variant> variants = {
+        {"base", [&] { model->forward(inputs); }},
+        {"seq_bn", [&] { model->forward(inputs, {&seq}); }},
+        {"double_seq_bn", [&] { model->forward(inputs, {&dbl}); }},
+    };
+    const auto t = bench::time_interleaved(variants, reps * scale);
+    bench::print_table("batch " + std::to_string(batch) + " x seq " + std::to_string(len), variants, t);
+  }
+  return 0;
+}
