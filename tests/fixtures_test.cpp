@@ -32,6 +32,10 @@ struct Param {
   WeightsPreference weights;
 };
 
+void PrintTo(const Param& p, std::ostream* os) {
+  *os << p.name << (p.weights == WeightsPreference::Bin ? " (bin)" : " (safetensors)");
+}
+
 class FixtureCase : public ::testing::TestWithParam<Param> {};
 
 void expect_close(const torch::Tensor& actual, const torch::Tensor& expected, double atol, double rtol,

@@ -87,8 +87,7 @@ void AdapterModelImpl::add_adapter(const std::string& name, const methods::Adapt
   try {
     method.attach(name, config.values, *base_);
   } catch (...) {
-    for (auto* site : base_->sites().residual) site->delete_adapter(name);
-    for (auto* linear : base_->sites().linear) linear->delete_adapter(name);
+    base_->delete_adapter(name);
     throw;
   }
   adapters_.emplace_back(name, config);
@@ -111,8 +110,7 @@ void AdapterModelImpl::add_adapter(const std::string& name, const std::string& c
 
 void AdapterModelImpl::delete_adapter(const std::string& name) {
   ADAPTERS_CHECK(has_adapter(name), "delete_adapter: no adapter named '", name, "' (known: ", join(adapter_names()), ")");
-  for (auto* site : base_->sites().residual) site->delete_adapter(name);
-  for (auto* linear : base_->sites().linear) linear->delete_adapter(name);
+  base_->delete_adapter(name);
   adapters_.erase(std::find_if(adapters_.begin(), adapters_.end(), [&](const auto& a) { return a.first == name; }));
   if (active_ && active_->contains(name)) active_.reset();
 }

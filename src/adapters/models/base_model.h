@@ -9,7 +9,9 @@
 
 #include "adapters/models/config.h"
 #include "adapters/nn/adapted_linear.h"
+#include "adapters/nn/attention_site.h"
 #include "adapters/nn/context.h"
+#include "adapters/nn/model_hooks.h"
 #include "adapters/nn/residual_site.h"
 
 namespace adapters::models {
@@ -29,20 +31,27 @@ struct BaseModelOutput {
 struct HookSites {
   std::vector<nn::ResidualSite*> residual;
   std::vector<nn::AdaptedLinearImpl*> linear;
+  std::vector<nn::AttentionSite*> attention;
 };
 
 class BaseModelImpl : public torch::nn::Module {
  public:
-  explicit BaseModelImpl(ModelConfig config) : config_(std::move(config)) {}
+  explicit BaseModelImpl(ModelConfig config) : config_(std::move(config)), hooks_(*this) {}
 
   virtual BaseModelOutput forward(const ModelInputs& inputs, nn::ForwardContext& ctx) = 0;
 
   const ModelConfig& config() const { return config_; }
   const HookSites& sites() const { return sites_; }
+  // Model-level hooks (prefix pool, prompt tuning, invertible adapters, ReFT).
+  nn::ModelHooks& hooks() { return hooks_; }
+
+  // Removes the adapter from every hook site and model-level hook.
+  void delete_adapter(const std::string& name);
 
  protected:
   ModelConfig config_;
   HookSites sites_;  // filled by the architecture's constructor
+  nn::ModelHooks hooks_;
 };
 
 // The additive attention mask of HF: (B,T) 1/0 -> (B,1,1,T) with 0 where attended and the dtype's

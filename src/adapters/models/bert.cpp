@@ -64,11 +64,12 @@ TORCH_MODULE(BertEmbeddings);
 
 struct BertSelfAttentionImpl : torch::nn::Module {
   BertSelfAttentionImpl(const ModelConfig& c, std::int64_t layer)
-      : heads(c.num_attention_heads), head_dim(c.head_dim()) {
+      : heads(c.num_attention_heads), head_dim(c.head_dim()), prefix(layer, nn::attention_location::kSelf) {
     query = register_module("query", AdaptedLinear(c.hidden_size, c.hidden_size, true, layer, nn::role::kQuery));
     key = register_module("key", AdaptedLinear(c.hidden_size, c.hidden_size, true, layer, nn::role::kKey));
     value = register_module("value", AdaptedLinear(c.hidden_size, c.hidden_size, true, layer, nn::role::kValue));
     dropout = register_module("dropout", torch::nn::Dropout(c.attention_probs_dropout_prob));
+    prefix.register_in(*this);
   }
 
   // (B,T,C) -> (B,H,T,D)
@@ -79,18 +80,18 @@ struct BertSelfAttentionImpl : torch::nn::Module {
   // x (B,T,C), mask (B,1,1,T) additive -> (B,T,C)
   Tensor forward(const Tensor& x, const Tensor& mask, ForwardContext& ctx) {
     Tensor q = split_heads(query->forward(x, ctx));
-    Tensor k = split_heads(key->forward(x, ctx));
-    Tensor v = split_heads(value->forward(x, ctx));
-    Tensor scores = torch::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(head_dim));
-    if (mask.defined()) scores = scores + mask;
+    nn::AttentionState s = prefix.forward({split_heads(key->forward(x, ctx)), split_heads(value->forward(x, ctx)), mask}, x, ctx);
+    Tensor scores = torch::matmul(q, s.key.transpose(-1, -2)) / std::sqrt(static_cast<double>(head_dim));
+    if (s.mask.defined()) scores = scores + s.mask;
     Tensor probs = dropout(torch::softmax(scores, -1));
-    Tensor context = torch::matmul(probs, v).permute({0, 2, 1, 3}).contiguous();  // (B,T,H,D)
+    Tensor context = torch::matmul(probs, s.value).permute({0, 2, 1, 3}).contiguous();  // (B,T,H,D)
     return context.view({x.size(0), x.size(1), heads * head_dim});
   }
 
   std::int64_t heads, head_dim;
   AdaptedLinear query{nullptr}, key{nullptr}, value{nullptr};
   torch::nn::Dropout dropout{nullptr};
+  nn::AttentionSite prefix;
 };
 TORCH_MODULE(BertSelfAttention);
 
@@ -190,6 +191,7 @@ class BertModelImpl : public BaseModelImpl {
     encoder = register_module("encoder", BertEncoder(c));
     pooler = register_module("pooler", BertPooler(c));
     for (auto& l : encoder->layers) {
+      sites_.attention.push_back(&l->attention->self->prefix);
       sites_.residual.push_back(&l->attention->output->site);
       sites_.residual.push_back(&l->output->site);
       for (auto* lin : {l->attention->self->query.get(), l->attention->self->key.get(),
@@ -201,9 +203,13 @@ class BertModelImpl : public BaseModelImpl {
   }
 
   BaseModelOutput forward(const ModelInputs& in, ForwardContext& ctx) override {
-    Tensor h = embeddings->forward(in.input_ids, in.token_type_ids);  // (B,T,C)
-    Tensor mask = in.attention_mask.defined() ? extended_attention_mask(in.attention_mask, h.scalar_type()) : Tensor();
-    for (auto& l : encoder->layers) h = l->forward(h, mask, ctx);
+    hooks_.prepare(in.input_ids, ctx);
+    Tensor attention_mask = in.attention_mask;
+    Tensor h = hooks_.embeddings(embeddings->forward(in.input_ids, in.token_type_ids), attention_mask, ctx);  // (B,T,C)
+    Tensor mask = attention_mask.defined() ? extended_attention_mask(attention_mask, h.scalar_type()) : Tensor();
+    for (std::size_t i = 0; i < encoder->layers.size(); ++i) {
+      h = hooks_.layer_output(static_cast<std::int64_t>(i), encoder->layers[i]->forward(h, mask, ctx), ctx);
+    }
     return {h, pooler->forward(h)};
   }
 

@@ -41,13 +41,14 @@ TORCH_MODULE(Embeddings);
 
 struct MultiHeadSelfAttentionImpl : torch::nn::Module {
   MultiHeadSelfAttentionImpl(const ModelConfig& c, std::int64_t layer)
-      : heads(c.num_attention_heads), head_dim(c.head_dim()) {
+      : heads(c.num_attention_heads), head_dim(c.head_dim()), prefix(layer, nn::attention_location::kSelf) {
     const auto C = c.hidden_size;
     q_lin = register_module("q_lin", AdaptedLinear(C, C, true, layer, nn::role::kQuery));
     k_lin = register_module("k_lin", AdaptedLinear(C, C, true, layer, nn::role::kKey));
     v_lin = register_module("v_lin", AdaptedLinear(C, C, true, layer, nn::role::kValue));
     out_lin = register_module("out_lin", AdaptedLinear(C, C, true, layer, nn::role::kAttentionOut));
     dropout = register_module("dropout", torch::nn::Dropout(c.attention_probs_dropout_prob));
+    prefix.register_in(*this);
   }
   // (B,T,C) -> (B,H,T,D)
   Tensor split_heads(const Tensor& x) const {
@@ -56,17 +57,17 @@ struct MultiHeadSelfAttentionImpl : torch::nn::Module {
   // x (B,T,C), mask (B,1,1,T) additive -> (B,T,C)
   Tensor forward(const Tensor& x, const Tensor& mask, ForwardContext& ctx) {
     Tensor q = split_heads(q_lin->forward(x, ctx)) / std::sqrt(static_cast<double>(head_dim));
-    Tensor k = split_heads(k_lin->forward(x, ctx));
-    Tensor v = split_heads(v_lin->forward(x, ctx));
-    Tensor scores = torch::matmul(q, k.transpose(2, 3));
-    if (mask.defined()) scores = scores + mask;
+    nn::AttentionState s = prefix.forward({split_heads(k_lin->forward(x, ctx)), split_heads(v_lin->forward(x, ctx)), mask}, x, ctx);
+    Tensor scores = torch::matmul(q, s.key.transpose(2, 3));
+    if (s.mask.defined()) scores = scores + s.mask;
     Tensor probs = dropout(torch::softmax(scores, -1));
-    Tensor context = torch::matmul(probs, v).transpose(1, 2).contiguous().view({x.size(0), x.size(1), heads * head_dim});
+    Tensor context = torch::matmul(probs, s.value).transpose(1, 2).contiguous().view({x.size(0), x.size(1), heads * head_dim});
     return out_lin->forward(context, ctx);
   }
   std::int64_t heads, head_dim;
   AdaptedLinear q_lin{nullptr}, k_lin{nullptr}, v_lin{nullptr}, out_lin{nullptr};
   torch::nn::Dropout dropout{nullptr};
+  nn::AttentionSite prefix;
 };
 TORCH_MODULE(MultiHeadSelfAttention);
 
@@ -133,6 +134,7 @@ class DistilBertModelImpl : public BaseModelImpl {
     embeddings = register_module("embeddings", Embeddings(c));
     transformer = register_module("transformer", Transformer(c));
     for (auto& b : transformer->blocks) {
+      sites_.attention.push_back(&b->attention->prefix);
       sites_.residual.push_back(&b->attention_adapters->site);
       sites_.residual.push_back(&b->output_adapters->site);
       for (auto* lin : {b->attention->q_lin.get(), b->attention->k_lin.get(), b->attention->v_lin.get(),
@@ -143,9 +145,13 @@ class DistilBertModelImpl : public BaseModelImpl {
   }
 
   BaseModelOutput forward(const ModelInputs& in, ForwardContext& ctx) override {
-    Tensor h = embeddings->forward(in.input_ids);  // (B,T,C)
-    Tensor mask = in.attention_mask.defined() ? extended_attention_mask(in.attention_mask, h.scalar_type()) : Tensor();
-    for (auto& b : transformer->blocks) h = b->forward(h, mask, ctx);
+    hooks_.prepare(in.input_ids, ctx);
+    Tensor attention_mask = in.attention_mask;
+    Tensor h = hooks_.embeddings(embeddings->forward(in.input_ids), attention_mask, ctx);  // (B,T,C)
+    Tensor mask = attention_mask.defined() ? extended_attention_mask(attention_mask, h.scalar_type()) : Tensor();
+    for (std::size_t i = 0; i < transformer->blocks.size(); ++i) {
+      h = hooks_.layer_output(static_cast<std::int64_t>(i), transformer->blocks[i]->forward(h, mask, ctx), ctx);
+    }
     return {h, Tensor()};
   }
 

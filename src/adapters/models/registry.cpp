@@ -38,6 +38,13 @@ std::vector<std::string> known_base_prefixes() {
   return prefixes;
 }
 
+void BaseModelImpl::delete_adapter(const std::string& name) {
+  for (auto* site : sites_.residual) site->delete_adapter(name);
+  for (auto* site : sites_.attention) site->delete_adapter(name);
+  for (auto* linear : sites_.linear) linear->delete_adapter(name);
+  hooks_.delete_adapter(name);
+}
+
 torch::Tensor extended_attention_mask(const torch::Tensor& attention_mask, torch::ScalarType dtype) {
   const double lowest = dtype == torch::kFloat64 ? std::numeric_limits<double>::lowest()
                         : dtype == torch::kFloat16 ? -65504.0

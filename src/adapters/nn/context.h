@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "adapters/composition/setup.h"
 
@@ -18,9 +19,19 @@ using Norm = std::function<torch::Tensor(const torch::Tensor&)>;
 // Scores by adapter (or fusion) name -> layer -> location.
 using ScoreCache = std::map<std::string, std::map<std::int64_t, std::map<std::string, torch::Tensor>>>;
 
+// Key and value states of a prefix at one attention layer: (B,H,P,D) each.
+struct PrefixKV {
+  torch::Tensor key;
+  torch::Tensor value;
+};
+
 struct ForwardContext {
   // The active setup, normalised (a single adapter is Stack(a)); null: the plain model.
   const composition::Block* setup = nullptr;
+
+  // Prefix states computed once per forward by the model-level prefix pool:
+  // adapter -> location ("self_prefix", ...) -> one entry per layer.
+  std::map<std::string, std::map<std::string, std::vector<PrefixKV>>> prefix_states;
 
   bool output_gating_scores = false;
   bool output_fusion_attentions = false;
