@@ -63,10 +63,18 @@ TEST(AdapterConfigTest, BadStrings) {
             std::string::npos);
 }
 
-TEST(AdapterConfigTest, NotYetImplementedMethodsAreNotSupportedErrors) {
-  EXPECT_THROW(AdapterConfig::parse("lora"), NotSupported);
-  EXPECT_THROW(AdapterConfig::from_json(json{{"architecture", "prefix_tuning"}}, "x"), NotSupported);
-  EXPECT_THROW(AdapterConfig::from_json(json{{"architecture", "nonsense"}}, "x"), Error);
+TEST(AdapterConfigTest, EveryReferencePresetParses) {
+  for (const char* name : {"seq_bn", "pfeiffer", "double_seq_bn", "houlsby", "par_bn", "parallel", "scaled_par_bn",
+                           "scaled_parallel", "seq_bn_inv", "pfeiffer+inv", "double_seq_bn_inv", "houlsby+inv",
+                           "compacter", "compacter++", "prefix_tuning", "prefix_tuning_flat", "prompt_tuning", "lora",
+                           "ia3", "vera", "dora", "loreft", "noreft", "direft", "mam", "unipelt"}) {
+    EXPECT_NO_THROW(AdapterConfig::parse(name)) << name;
+  }
+}
+
+TEST(AdapterConfigTest, UnknownArchitectureIsBadInput) {
+  const std::string msg = error_of([] { AdapterConfig::from_json(json{{"architecture", "nonsense"}}, "x"); });
+  EXPECT_NE(msg.find("unknown adapter architecture \"nonsense\""), std::string::npos) << msg;
   try {
     AdapterConfig::from_json(json{{"architecture", "nonsense"}}, "x");
   } catch (const NotSupported&) {

@@ -16,8 +16,39 @@ namespace {
 const std::regex& must_pass() {
   static const std::regex r(
       "^(bert|roberta|xlm-roberta|distilbert)__(pfeiffer|houlsby|parallel|scaled_parallel|var_pfeiffer_.*|"
-      "var_houlsby_.*|var_parallel_.*)$");
+      "var_houlsby_.*|var_parallel_.*|compacter|compacter_plus__plus_|var_compacter_.*|var_compacterpp_.*|"
+      "pfeiffer_plus_inv|houlsby_plus_inv|prefix_tuning|prefix_tuning_flat|eject_prefix|var_prefix_.*|"
+      "lora|ia3|merge_lora|merge_ia3|var_lora_.*|var_ia3_.*)$");
   return r;
+}
+
+// Known bugs of the reference (adapter-transformers 3.2.1) that we deliberately do not reproduce:
+// for these outputs we compare against another expected output of the same case, the one a
+// correct implementation must produce. Each entry says why.
+struct KnownReferenceBug {
+  std::string case_name;
+  std::string output;        // the output whose expected value is wrong
+  std::string compare_with;  // the expected output ours must match instead
+  std::string why;
+};
+
+const std::vector<KnownReferenceBug>& known_reference_bugs() {
+  static const std::vector<KnownReferenceBug> bugs = {
+      // 3.2.1's IA3 merge_adapter scales the weight rows by lora_B but not the bias, although
+      // the unmerged forward scales the whole output (bias included), so its merged model differs
+      // from the unmerged one (see the fixtures README). Our merge scales the bias too; merging
+      // must not change the outputs, so the merged outputs must equal the unmerged expected ones.
+      {"bert__merge_ia3", "merged.last_hidden_state", "last_hidden_state", "IA3 merge forgets the bias"},
+      {"bert__merge_ia3", "merged.pooler_output", "pooler_output", "IA3 merge forgets the bias"},
+  };
+  return bugs;
+}
+
+const KnownReferenceBug* known_bug(const std::string& case_name, const std::string& output) {
+  for (const auto& b : known_reference_bugs()) {
+    if (b.case_name == case_name && b.output == output) return &b;
+  }
+  return nullptr;
 }
 
 std::vector<std::string> case_names() {
@@ -63,6 +94,17 @@ TEST_P(FixtureCase, MatchesTheReference) {
   const double atol = spec.at("atol"), rtol = spec.at("rtol");
   for (auto it = spec.at("outputs").begin(); it != spec.at("outputs").end(); ++it) {
     ASSERT_TRUE(got.outputs.count(it.key())) << it.key();
+    if (const KnownReferenceBug* bug = known_bug(p.name, it.key())) {
+      // The reference's value must really be off (else the entry is stale), and ours must match
+      // the correct expected output.
+      const torch::Tensor& wrong = expected.at(it.key());
+      const torch::Tensor excess = (got.outputs.at(it.key()) - wrong).abs() - (atol + rtol * wrong.abs());
+      EXPECT_GT(excess.max().item<double>(), 0.0) << it.key() << ": listed as a reference bug (" << bug->why
+                                                  << ") but matches the reference: remove the entry";
+      expect_close(got.outputs.at(it.key()), expected.at(bug->compare_with), atol, rtol,
+                   it.key() + " (vs " + bug->compare_with + ": " + bug->why + ")");
+      continue;
+    }
     expect_close(got.outputs.at(it.key()), expected.at(it.key()), atol, rtol, it.key());
   }
 }

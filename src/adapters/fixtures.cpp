@@ -28,6 +28,39 @@ const std::set<std::string>& base_outputs() {
   return names;
 }
 
+constexpr const char* kEjected = "ejected.";  // outputs after eject_prefix_tuning of the setup's adapters
+
+std::string strip_ejected(const std::string& output) {
+  return output.rfind(kEjected, 0) == 0 ? output.substr(std::string(kEjected).size()) : output;
+}
+
+bool wants_ejected(const json& wanted) {
+  for (auto it = wanted.begin(); it != wanted.end(); ++it) {
+    if (it.key() != strip_ejected(it.key())) return true;
+  }
+  return false;
+}
+
+constexpr const char* kMerged = "merged.";  // outputs after merge_adapter of the setup's adapters
+
+std::string strip_merged(const std::string& output) {
+  return output.rfind(kMerged, 0) == 0 ? output.substr(std::string(kMerged).size()) : output;
+}
+
+bool wants_merged(const json& wanted) {
+  for (auto it = wanted.begin(); it != wanted.end(); ++it) {
+    if (it.key() != strip_merged(it.key())) return true;
+  }
+  return false;
+}
+
+io::TensorMap base_model_outputs(AdapterModel& model, const models::ModelInputs& inputs, const std::string& prefix) {
+  ModelOutput out = model->forward(inputs);
+  io::TensorMap produced = {{prefix + "last_hidden_state", out.last_hidden_state}};
+  if (out.pooler_output.defined()) produced[prefix + "pooler_output"] = out.pooler_output;
+  return produced;
+}
+
 models::ModelInputs read_inputs(const fs::path& case_dir) {
   io::TensorMap t = io::read_safetensors(case_dir / "inputs.safetensors").tensors;
   auto take = [&](const char* name) { return t.count(name) ? t.at(name).to(torch::kLong) : torch::Tensor(); };
@@ -42,7 +75,7 @@ CaseOutputs run_case(const fs::path& case_dir, WeightsPreference weights) {
   reject_unsupported_features(c);
   const json& wanted = c.raw("outputs");
   for (auto it = wanted.begin(); it != wanted.end(); ++it) {
-    if (!base_outputs().count(it.key())) throw NotSupported(str("output '", it.key(), "' is not supported yet"));
+    if (!base_outputs().count(strip_merged(strip_ejected(it.key())))) throw NotSupported(str("output '", it.key(), "' is not supported yet"));
   }
 
   AdapterModel model = load_pretrained(case_dir / c.get_string("model_dir"));
@@ -54,9 +87,16 @@ CaseOutputs run_case(const fs::path& case_dir, WeightsPreference weights) {
 
   model->eval();
   torch::NoGradGuard no_grad;
-  ModelOutput out = model->forward(read_inputs(case_dir));
-  io::TensorMap produced = {{"last_hidden_state", out.last_hidden_state}};
-  if (out.pooler_output.defined()) produced["pooler_output"] = out.pooler_output;
+  const models::ModelInputs inputs = read_inputs(case_dir);
+  io::TensorMap produced = base_model_outputs(model, inputs, "");
+  if (wants_ejected(wanted)) {
+    for (const auto& name : composition::parse(c.get_string("setup")).flatten()) model->eject_prefix_tuning(name);
+    produced.merge(base_model_outputs(model, inputs, kEjected));
+  }
+  if (wants_merged(wanted)) {
+    for (const auto& name : composition::parse(c.get_string("setup")).flatten()) model->merge_adapter(name);
+    produced.merge(base_model_outputs(model, inputs, kMerged));
+  }
 
   CaseOutputs result;
   for (auto it = wanted.begin(); it != wanted.end(); ++it) {

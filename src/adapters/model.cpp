@@ -57,8 +57,19 @@ AdapterModelImpl::AdapterModelImpl(const models::ModelConfig& config)
   register_module(arch_->base_prefix, base_);
 }
 
-ModelOutput AdapterModelImpl::forward(const ModelInputs& inputs, const ForwardOptions& options) {
-  check_inputs(inputs, config().vocab_size);
+namespace {
+
+// Inputs follow the model to its device.
+ModelInputs on_device(const ModelInputs& in, const torch::Device& device) {
+  auto move = [&](const Tensor& t) { return t.defined() ? t.to(device) : t; };
+  return {move(in.input_ids), move(in.attention_mask), move(in.token_type_ids)};
+}
+
+}  // namespace
+
+ModelOutput AdapterModelImpl::forward(const ModelInputs& raw_inputs, const ForwardOptions& options) {
+  check_inputs(raw_inputs, config().vocab_size);
+  const ModelInputs inputs = on_device(raw_inputs, base_->parameters().front().device());
   nn::ForwardContext ctx;
   std::optional<Block> override_setup;
   if (options.setup != nullptr) {

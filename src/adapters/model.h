@@ -87,6 +87,29 @@ class AdapterModelImpl : public torch::nn::Module {
   std::string load_adapter(const fs::path& dir, const std::string& load_as = "",
                            WeightsPreference weights = WeightsPreference::Safetensors, bool set_active = false);
 
+  // Turns a reparametrised prefix-tuning adapter into a flat one with identical outputs (its
+  // config becomes flat). Implemented in methods/prefix_tuning.cpp.
+  void eject_prefix_tuning(const std::string& name);
+
+  // Folds a LoRA-family adapter (lora, ia3, vera, dora; not gated) into the base weights, so that
+  // the plain model computes what the model with the adapter active computed; the merged adapter
+  // is no longer applied on top. Merging an adapter that is merged already does nothing. Any other
+  // method is an error naming the adapter and its method. Implemented in methods/merge.cpp.
+  void merge_adapter(const std::string& name);
+  // Restores the base weights from before the first merge_adapter, bit for bit.
+  void reset_adapter();
+  // The merged adapters, in order of merging.
+  std::vector<std::string> merged_adapters() const;
+
+  // Adds `name` as the weighted combination of `sources` (all of one config). "linear" (every
+  // method): the weighted sum of every parameter; the LoRA family also has
+  // "lora_linear_only_negate_b" and "lora_delta_w_svd" (with svd_rank). Weights are divided by
+  // their sum when normalize_weights (which must then not be zero); negative weights are allowed.
+  // Implemented in methods/average.cpp.
+  void average_adapter(const std::string& name, const std::vector<std::string>& sources,
+                       std::vector<double> weights = {}, const std::string& combine_strategy = "linear",
+                       bool normalize_weights = true, std::int64_t svd_rank = 0);
+
   // ---- the base model ----
   models::BaseModelImpl& base() const { return *base_; }
   const models::ModelConfig& config() const { return base_->config(); }

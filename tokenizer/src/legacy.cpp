@@ -1,15 +1,19 @@
 // AutoTokenizer-style loading of a model folder: tokenizer.json, or the older files — vocab.txt
 // (BERT WordPiece), vocab.json + merges.txt (GPT-2 / RoBERTa byte-level BPE) and SentencePiece
-// .model files — turned into the same pipeline transformers' fast converters build.
-#include <sentencepiece_processor.h>
-
+// .model files, read natively — turned into the same pipeline transformers' fast converters build.
+#include <algorithm>
 #include <fstream>
 #include <sstream>
+#include <tuple>
+#include <unordered_map>
 
 #include "adapters/core/error.h"
 #include "adapters/tokenizer/tokenizer.h"
 #include "components.h"
+#include "base64.h"
 #include "models.h"
+#include "sentencepiece_model.h"
+#include "unicode.h"
 
 namespace adapters::tokenizer {
 
@@ -150,72 +154,111 @@ json byte_level_bpe_document(const fs::path& folder) {
   return doc;
 }
 
-// A SentencePiece model run by libsentencepiece on the whole text, offsets from its spans.
-class SentencePieceModel final : public Model {
- public:
-  explicit SentencePieceModel(const fs::path& file) {
-    const auto status = processor_.Load(file.string());
-    if (!status.ok()) throw Error(str("cannot load SentencePiece model ", file.string(), ": ", status.ToString()));
-  }
-  std::vector<Token> tokenize(const std::string& text) const override {
-    std::vector<Token> tokens;
-    const auto encoded = processor_.EncodeAsImmutableProto(text);
-    for (const auto& piece : encoded.pieces()) {
-      tokens.push_back(Token{piece.id(), piece.piece(), {piece.begin(), piece.end()}});
+// HF's merges of a SentencePiece BPE vocabulary (SentencePieceExtractor): every split of a piece
+// into two pieces of the vocabulary, by piece score (highest first), then by the ids of the two
+// halves.
+json sentencepiece_merges(const SentencePieceModelProto& model) {
+  std::unordered_map<std::string, size_t> ids;
+  for (size_t id = 0; id < model.pieces.size(); ++id) ids.emplace(model.pieces[id].piece, id);
+  struct Merge {
+    size_t left, right;
+    float score;
+  };
+  std::vector<Merge> merges;
+  for (const auto& piece : model.pieces) {
+    std::vector<Merge> local;
+    const std::string& p = piece.piece;
+    for (size_t cut = unicode::sequence_length(static_cast<unsigned char>(p[0])); cut < p.size();
+         cut += unicode::sequence_length(static_cast<unsigned char>(p[cut]))) {
+      const auto left = ids.find(p.substr(0, cut)), right = ids.find(p.substr(cut));
+      if (left != ids.end() && right != ids.end()) local.push_back({left->second, right->second, piece.score});
     }
-    return tokens;
+    std::sort(local.begin(), local.end(), [](const Merge& a, const Merge& b) { return std::tie(a.left, a.right) < std::tie(b.left, b.right); });
+    merges.insert(merges.end(), local.begin(), local.end());
   }
-  std::optional<uint32_t> token_to_id(const std::string& token) const override {
-    const int id = processor_.PieceToId(token);
-    return id == processor_.unk_id() && token != processor_.IdToPiece(id) ? std::nullopt : std::optional<uint32_t>(id);
-  }
-  std::optional<std::string> id_to_token(uint32_t id) const override {
-    return static_cast<int>(id) < processor_.GetPieceSize() ? std::optional<std::string>(processor_.IdToPiece(static_cast<int>(id))) : std::nullopt;
-  }
-  size_t vocab_size() const override { return static_cast<size_t>(processor_.GetPieceSize()); }
-  bool is_control(uint32_t id) const { return processor_.IsControl(static_cast<int>(id)); }
+  std::stable_sort(merges.begin(), merges.end(), [](const Merge& a, const Merge& b) { return a.score > b.score; });
+  json out = json::array();
+  for (const Merge& m : merges) out.push_back({model.pieces[m.left].piece, model.pieces[m.right].piece});
+  return out;
+}
 
- private:
-  sentencepiece::SentencePieceProcessor processor_;
-};
+json sentencepiece_model_json(const SentencePieceModelProto& model) {
+  if (model.model_type == SentencePieceModelProto::ModelType::Unigram) {
+    json vocab = json::array();
+    for (const auto& p : model.pieces) vocab.push_back({p.piece, p.score});
+    return {{"type", "Unigram"}, {"unk_id", model.unk_id}, {"vocab", vocab}, {"byte_fallback", model.byte_fallback}};
+  }
+  json vocab = json::object();
+  for (size_t id = 0; id < model.pieces.size(); ++id) vocab.emplace(model.pieces[id].piece, id);
+  return {{"type", "BPE"}, {"vocab", vocab}, {"merges", sentencepiece_merges(model)}, {"unk_token", model.pieces[model.unk_id].piece},
+          {"fuse_unk", true}, {"byte_fallback", model.byte_fallback}};
+}
 
-Tokenizer sentencepiece_tokenizer(const fs::path& folder, const fs::path& model_file) {
-  const json config = read_config(folder);
-  auto model = std::make_shared<SentencePieceModel>(model_file);
-  Pipeline p;
-  p.model = model;
+// SpmConverter's normalizer: the charsmap (when there is one), then libsentencepiece's removal of
+// trailing and repeated spaces (only U+0020, as libsentencepiece does; the converter's Strip
+// would also drop other trailing whitespace that an identity charsmap leaves in place). Leading
+// spaces end up as the single "▁" that Metaspace then does not prepend again.
+json sentencepiece_normalizer(const SentencePieceModelProto& model) {
+  json steps = json::array();
+  if (!model.precompiled_charsmap.empty()) steps.push_back({{"type", "Precompiled"}, {"precompiled_charsmap", base64::encode(model.precompiled_charsmap)}});
+  if (model.remove_extra_whitespaces) {
+    steps.push_back({{"type", "Replace"}, {"pattern", {{"Regex", " +\\z"}}}, {"content", ""}});
+    steps.push_back({{"type", "Replace"}, {"pattern", {{"Regex", " {2,}"}}}, {"content", "\u2581"}});
+  }
+  return {{"type", "Sequence"}, {"normalizers", steps}};
+}
+
+// Control pieces are special added tokens, user-defined ones plain added tokens.
+json sentencepiece_added_tokens(const SentencePieceModelProto& model) {
+  json list = json::array();
+  for (size_t id = 0; id < model.pieces.size(); ++id) {
+    const auto& p = model.pieces[id];
+    const bool control = p.type == SentencePieceModelProto::PieceType::Control;
+    if (!control && p.type != SentencePieceModelProto::PieceType::UserDefined) continue;
+    list.push_back({{"id", id}, {"content", p.piece}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+                    {"normalized", false}, {"special", control}});
+  }
+  return list;
+}
+
+// <s> / </s> around each sequence as tokenizer_config.json's add_bos_token / add_eos_token say.
+json sentencepiece_post_processor(const json& config, const json& vocab_ids) {
   json specials = json::object();
   std::vector<std::string> single, pair;
   auto special = [&](const char* key, const char* flag, bool default_on, std::vector<std::string>& into, const std::string& suffix) {
     const std::string token = token_or(config, key, "");
-    const auto id = token.empty() ? std::nullopt : model->token_to_id(token);
-    if (!id || !config.value(flag, default_on)) return;
-    specials[token] = {{"id", token}, {"ids", {*id}}, {"tokens", {token}}};
+    if (token.empty() || !vocab_ids.contains(token) || !config.value(flag, default_on)) return;
+    specials[token] = {{"id", token}, {"ids", {vocab_ids[token]}}, {"tokens", {token}}};
     into.push_back(token + suffix);
   };
-  special("bos_token", "add_bos_token", true, single, "");
-  single.push_back("$A");
-  special("eos_token", "add_eos_token", false, single, "");
-  special("bos_token", "add_bos_token", true, pair, "");
-  pair.push_back("$A");
-  special("eos_token", "add_eos_token", false, pair, "");
-  special("bos_token", "add_bos_token", true, pair, ":1");
-  pair.push_back("$B:1");
-  special("eos_token", "add_eos_token", false, pair, ":1");
-  p.post_processor = make_post_processor(template_processor(single, pair, specials));
-  p.decoder = make_decoder({{"type", "Sequence"}, {"decoders", {{{"type", "Replace"}, {"pattern", {{"String", "\u2581"}}}, {"content", " "}},
-                                                                  {{"type", "ByteFallback"}}, {{"type", "Fuse"}},
-                                                                  {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}});
-  for (uint32_t id = 0; id < model->vocab_size(); ++id) {
-    if (!model->is_control(id)) continue;
-    AddedToken t;
-    t.content = *model->id_to_token(id);
-    t.id = id;
-    t.special = true;
-    t.normalized = false;
-    p.added_tokens.push_back(t);
-  }
-  return Tokenizer(std::move(p));
+  auto sequence = [&](std::vector<std::string>& into, const std::string& name, const std::string& suffix) {
+    special("bos_token", "add_bos_token", true, into, suffix);
+    into.push_back(name);
+    special("eos_token", "add_eos_token", false, into, suffix);
+  };
+  sequence(single, "$A", "");
+  sequence(pair, "$A", "");
+  sequence(pair, "$B:1", ":1");
+  return template_processor(single, pair, specials);
+}
+
+json sentencepiece_document(const fs::path& folder, const fs::path& model_file) {
+  const json config = read_config(folder);
+  const SentencePieceModelProto model = read_sentencepiece_model(model_file);
+  json vocab_ids = json::object();
+  for (size_t id = 0; id < model.pieces.size(); ++id) vocab_ids.emplace(model.pieces[id].piece, id);
+  const bool prefix_space = config.value("add_prefix_space", model.add_dummy_prefix);
+  const std::string scheme = !prefix_space ? "never" : config.value("legacy", true) ? "always" : "first";
+  return {
+      {"added_tokens", sentencepiece_added_tokens(model)},
+      {"normalizer", sentencepiece_normalizer(model)},
+      {"pre_tokenizer", {{"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", scheme}, {"split", true}}},
+      {"post_processor", sentencepiece_post_processor(config, vocab_ids)},
+      {"decoder", {{"type", "Sequence"}, {"decoders", {{{"type", "Replace"}, {"pattern", {{"String", "\u2581"}}}, {"content", " "}},
+                                                        {{"type", "ByteFallback"}}, {{"type", "Fuse"}},
+                                                        {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}}},
+      {"model", sentencepiece_model_json(model)},
+  };
 }
 
 std::optional<fs::path> find_sentencepiece_model(const fs::path& folder) {
@@ -236,7 +279,7 @@ Tokenizer Tokenizer::from_pretrained(const fs::path& folder) {
   try {
     if (fs::exists(folder / "vocab.txt")) return from_json(bert_document(folder).dump());
     if (fs::exists(folder / "vocab.json") && fs::exists(folder / "merges.txt")) return from_json(byte_level_bpe_document(folder).dump());
-    if (const auto model = find_sentencepiece_model(folder)) return sentencepiece_tokenizer(folder, *model);
+    if (const auto model = find_sentencepiece_model(folder)) return from_json(sentencepiece_document(folder, *model).dump());
   } catch (const json::exception& e) {
     throw Error(str(folder.string(), ": malformed tokenizer files: ", e.what()));
   }

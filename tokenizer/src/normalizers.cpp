@@ -1,10 +1,11 @@
 // Normalizers of tokenizer.json (BertNormalizer, NFC/NFD/NFKC/NFKD, Lowercase, StripAccents,
-// Strip, Replace, Prepend, Sequence) and their registry.
+// Strip, Replace, Prepend, Sequence; Precompiled lives in precompiled.cpp) and their registry.
 #include <functional>
 #include <map>
 
 #include "adapters/core/error.h"
 #include "components.h"
+#include "precompiled.h"
 #include "regex.h"
 
 namespace adapters::tokenizer {
@@ -130,6 +131,7 @@ const std::map<std::string, Builder>& registry() {
       {"Strip", [](const json& c) { return std::make_shared<Strip>(c); }},
       {"Replace", [](const json& c) { return std::make_shared<Replace>(c); }},
       {"Prepend", [](const json& c) { return std::make_shared<Prepend>(c); }},
+      {"Precompiled", make_precompiled},
       {"Sequence", [](const json& c) { return std::make_shared<SequenceNormalizer>(c); }},
   };
   return builders;

@@ -59,6 +59,20 @@ size_t count_chars(std::string_view s) {
   return n;
 }
 
+size_t grapheme_end(std::string_view s, size_t start) {
+  utf8proc_int32_t state = 0;
+  size_t i = start;
+  char32_t previous = next(s, i);
+  while (i < s.size()) {
+    size_t after = i;
+    const char32_t c = next(s, after);
+    if (utf8proc_grapheme_break_stateful(static_cast<utf8proc_int32_t>(previous), static_cast<utf8proc_int32_t>(c), &state)) break;
+    previous = c;
+    i = after;
+  }
+  return i;
+}
+
 namespace {
 
 // Number of bytes of a valid sequence at s[i], or 0 with `bad` set to the length of the maximal

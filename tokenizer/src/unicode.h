@@ -17,6 +17,8 @@ size_t sequence_length(unsigned char lead);
 void append(std::string& out, char32_t c);
 size_t encoded_length(char32_t c);
 size_t count_chars(std::string_view s);
+// End (byte index) of the extended grapheme cluster (UAX #29) that starts at s[start].
+size_t grapheme_end(std::string_view s, size_t start);
 
 // Returns `s` with every invalid UTF-8 sequence replaced by U+FFFD (as Rust's from_utf8_lossy).
 std::string repair(std::string_view s);

@@ -167,7 +167,7 @@ TEST_P(Golden, MatchesTheReferenceLibrary) {
 
 INSTANTIATE_TEST_SUITE_P(Tokenizers, Golden,
                          ::testing::Values("bert_uncased", "bert_cased", "roberta", "gpt2", "llama3_bpe", "llama_bpe", "t5_unigram",
-                                           "unigram_byte_fallback", "misc_a", "misc_b", "misc_c"));
+                                           "unigram_byte_fallback", "misc_a", "misc_b", "misc_c", "spm_precompiled"));
 
 // Legacy files (vocab.txt, vocab.json + merges.txt with tokenizer_config.json) in a folder
 // without tokenizer.json give the same default encodings.

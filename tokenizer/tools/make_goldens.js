@@ -1,7 +1,10 @@
 // Builds the golden tokenizers and their reference encodings with the HF `tokenizers` library
 // (the Rust code, through its Node bindings @anush008/tokenizers).
 //
-//   cd tokenizer/tools && npm install && node make_goldens.js ../tests/golden
+//   cd tokenizer/tools && npm install && node make_goldens.js ../tests/golden [NAME...]
+//
+// With NAMEs only those tokenizers are written (the corpus and variants are always rewritten).
+// spm_precompiled needs `spm_train` (Debian package sentencepiece) for its charsmap.
 //
 // Text comes from Debian packages on this machine (translations in /usr/share/locale/*.mo, the
 // licences in /usr/share/common-licenses) plus hand-written edge cases. Vocabularies are trained
@@ -9,6 +12,7 @@
 // them. Every tokenizer.json is written by the library itself; legacy files (vocab.txt,
 // vocab.json + merges.txt) are written from the same vocabularies.
 'use strict';
+const childProcess = require('child_process');
 const fs = require('fs');
 const path = require('path');
 const zlib = require('zlib');
@@ -138,6 +142,48 @@ function byteTokens() {
   return out;
 }
 
+// ---- SentencePiece .model files -------------------------------------------------------------
+// Fields of a protobuf message as {number: [value...]}: varints as BigInt, 32-bit fields as
+// floats, length-delimited ones as Buffers.
+function protoFields(buf) {
+  const fields = {};
+  let pos = 0;
+  const varint = () => {
+    let v = 0n;
+    for (let shift = 0n; ; shift += 7n) {
+      const b = buf[pos++];
+      v |= BigInt(b & 0x7f) << shift;
+      if (!(b & 0x80)) return v;
+    }
+  };
+  while (pos < buf.length) {
+    const key = Number(varint());
+    let value;
+    if ((key & 7) === 0) value = varint();
+    else if ((key & 7) === 5) { value = buf.readFloatLE(pos); pos += 4; }
+    else if ((key & 7) === 1) { pos += 8; continue; }
+    else if ((key & 7) === 2) { const n = Number(varint()); value = buf.subarray(pos, pos + n); pos += n; }
+    else throw new Error(`unsupported wire type ${key & 7}`);
+    (fields[key >> 3] = fields[key >> 3] || []).push(value);
+  }
+  return fields;
+}
+
+// Trains a Unigram .model with nmt_nfkc normalisation and returns its pieces and charsmap.
+function trainSentencePiece(trainFile, vocabSize) {
+  const prefix = path.join(WORK, 'spm');
+  childProcess.execFileSync('spm_train', [`--input=${trainFile}`, `--model_prefix=${prefix}`, `--vocab_size=${vocabSize}`,
+    '--model_type=unigram', '--character_coverage=0.995', '--hard_vocab_limit=false', '--num_threads=1', '--minloglevel=2'], { stdio: 'ignore' });
+  const model = protoFields(fs.readFileSync(`${prefix}.model`));
+  const pieces = model[1].map((p) => {
+    const f = protoFields(p);
+    return { piece: f[1][0].toString('utf8'), score: f[2] ? f[2][0] : 0, type: f[3] ? Number(f[3][0]) : 1 };
+  });
+  const trainer = protoFields(model[2][0]);
+  const normalizer = protoFields(model[3][0]);
+  return { pieces, unkId: trainer[40] ? Number(trainer[40][0]) : 0, charsmap: normalizer[2][0] };
+}
+
 // ---- tokenizer definitions -------------------------------------------------------------------
 const GPT4_REGEX = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
@@ -202,7 +248,21 @@ function unigramVocab(metaspaceBpe, head) {
   return [...head.map((h) => [h, 0.0]), ...pieces];
 }
 
-function definitions(byteBpe, metaBpe) {
+// What transformers' SpmConverter (T5-style) builds from a Unigram .model.
+function spmConverterJson(spm) {
+  const eos = spm.pieces.findIndex((p) => p.piece === '</s>');
+  return tokenizerJson({
+    added_tokens: spm.pieces.map((p, id) => [p, id]).filter(([p]) => p.type === 3).map(([p, id]) => special(id, p.piece)),
+    normalizer: { type: 'Sequence', normalizers: [{ type: 'Precompiled', precompiled_charsmap: Buffer.from(spm.charsmap).toString('base64') },
+      { type: 'Strip', strip_left: false, strip_right: true }, { type: 'Replace', pattern: { Regex: ' {2,}' }, content: '▁' }] },
+    pre_tokenizer: { type: 'Metaspace', replacement: '▁', prepend_scheme: 'always', split: true },
+    post_processor: template('$A </s>', '$A </s> $B:1 </s>:1', [['</s>', eos]]),
+    decoder: { type: 'Metaspace', replacement: '▁', prepend_scheme: 'always', split: true },
+    model: { type: 'Unigram', unk_id: spm.unkId, vocab: spm.pieces.map((p) => [p.piece, p.score]), byte_fallback: false },
+  });
+}
+
+function definitions(byteBpe, metaBpe, spm) {
   const defs = {};
   const bertNormalizer = tk.bertNormalizer({});
   const uncased = wordPieceVocab(metaBpe, (s) => bertNormalizer.normalizeString(s).trim());
@@ -310,6 +370,8 @@ function definitions(byteBpe, metaBpe) {
     decoder: { type: 'BPEDecoder', suffix: '</w>' },
     model: bpeModel(llama, metaBpe.merges, { unk_token: '<unk>' }),
   });
+
+  defs.spm_precompiled = spmConverterJson(spm);
   return defs;
 }
 
@@ -431,8 +493,12 @@ async function main() {
   fs.writeFileSync(path.join(OUT, 'corpus.jsonl'), corpus.map((e) => JSON.stringify(e)).join('\n') + '\n');
   fs.writeFileSync(path.join(OUT, 'variants.json'), JSON.stringify(VARIANTS, null, 1) + '\n');
 
-  const defs = definitions(byteBpe, metaBpe);
+  const spm = trainSentencePiece(trainFile, 4000);
+
+  const only = process.argv.slice(3);
+  const defs = definitions(byteBpe, metaBpe, spm);
   for (const [name, json] of Object.entries(defs)) {
+    if (only.length > 0 && !only.includes(name)) continue;
     const dir = path.join(OUT, name);
     fs.mkdirSync(dir, { recursive: true });
     const t = tk.Tokenizer.fromString(JSON.stringify(json));

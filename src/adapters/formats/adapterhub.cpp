@@ -18,6 +18,7 @@ namespace {
 constexpr const char* kConfigFile = "adapter_config.json";
 constexpr const char* kSafetensorsFile = "adapter.safetensors";
 constexpr const char* kBinFile = "pytorch_adapter.bin";
+constexpr const char* kSharedFile = "shared_parameters.safetensors";  // Compacter's shared parameters
 constexpr const char* kFormatVersion = "3.2.1";  // the reference version whose format we write
 
 std::string unique_suffix() {
@@ -71,6 +72,39 @@ fs::path choose_weights(const fs::path& dir, WeightsPreference preference) {
   return has_st ? st : bin;
 }
 
+// Adds Compacter's shared parameters of adapter `name` (saved as `saved_name`) to `renamed`, read
+// from shared_parameters.safetensors beside the adapter; without that file (the reference's
+// save_adapter does not write it) they keep their initial values, with a warning.
+void add_shared_parameters(const AdapterModelImpl& model, const fs::path& dir, const std::string& saved_name,
+                           const std::string& name, io::TensorMap& renamed) {
+  io::TensorMap current;
+  for (const auto& [key, t] : model.adapter_state_dict(name)) {
+    if (formats::is_shared_parameter(key)) current[key] = t;
+  }
+  if (current.empty()) return;
+  const fs::path path = dir / kSharedFile;
+  if (!fs::exists(path)) {
+    log::warn(str(dir.string(), ": no ", kSharedFile, " beside the adapter: the ", current.size(), " shared parameters of '",
+                  name, "' keep their random initialisation"));
+    for (const auto& [key, t] : current) renamed[key] = t.detach().clone();
+    return;
+  }
+  for (const auto& [key, t] : io::read_checkpoint(path)) {
+    renamed[formats::rename_adapter(formats::to_base_prefix(key, model.arch().base_prefix), saved_name, name)] = t;
+  }
+}
+
+// The method's alias renames {alias fragment -> stored fragment}, model-dependent ones included.
+std::vector<std::pair<std::string, std::string>> key_aliases(const methods::AdapterConfig& config,
+                                                             const models::BaseModelImpl& model) {
+  const methods::MethodSpec& spec = methods::method_spec(config.method);
+  auto aliases = spec.key_aliases(config.values);
+  if (spec.model_key_aliases) {
+    for (auto& pair : spec.model_key_aliases(config.values, model)) aliases.push_back(std::move(pair));
+  }
+  return aliases;
+}
+
 }  // namespace
 
 void AdapterModelImpl::save_adapter(const fs::path& dir, const std::string& name) const {
@@ -80,11 +114,11 @@ void AdapterModelImpl::save_adapter(const fs::path& dir, const std::string& name
                {"model_type", this->config().model_type}, {"name", name},
                {"version", kFormatVersion}};
 
-  io::TensorMap tensors;
-  for (const auto& [key, t] : adapter_state_dict(name)) tensors[key] = t.detach();
+  io::TensorMap tensors, shared;
+  for (const auto& [key, t] : adapter_state_dict(name)) (formats::is_shared_parameter(key) ? shared : tensors)[key] = t.detach();
   // The reference stores modules registered under two names twice; list the second names as aliases.
   json aliases = json::object();
-  for (const auto& [alias, canonical] : methods::method_spec(config.method).key_aliases(config.values)) {
+  for (const auto& [alias, canonical] : key_aliases(config, base())) {
     for (const auto& [key, t] : tensors) {
       const std::size_t at = key.find(canonical);
       if (at != std::string::npos) aliases[key.substr(0, at) + alias + key.substr(at + canonical.size())] = key;
@@ -93,13 +127,18 @@ void AdapterModelImpl::save_adapter(const fs::path& dir, const std::string& name
   io::Metadata metadata = {{"format", "pt"}};
   if (!aliases.empty()) metadata["aliases"] = aliases.dump();
 
-  write_folder_atomic(dir, {
+  std::vector<std::pair<std::string, std::function<void(const fs::path&)>>> files = {
       {kConfigFile, [&](const fs::path& p) { io::write_file_atomic(p, file.dump(2)); }},
       {kSafetensorsFile, [&](const fs::path& p) { io::write_safetensors(p, tensors, metadata); }},
-  });
+  };
+  if (!shared.empty()) files.emplace_back(kSharedFile, [&](const fs::path& p) { io::write_safetensors(p, shared, io::Metadata{{"format", "pt"}}); });
+  write_folder_atomic(dir, files);
   // A .bin from an earlier save would now disagree with the safetensors: remove it.
   std::error_code ignored;
   if (fs::remove(dir / kBinFile, ignored)) log::info(str(dir.string(), ": removed the outdated ", kBinFile));
+  if (shared.empty() && fs::remove(dir / kSharedFile, ignored)) {
+    log::info(str(dir.string(), ": removed the outdated ", kSharedFile));
+  }
 }
 
 std::string AdapterModelImpl::load_adapter(const fs::path& dir, const std::string& load_as, WeightsPreference weights,
@@ -123,7 +162,7 @@ std::string AdapterModelImpl::load_adapter(const fs::path& dir, const std::strin
 
   const fs::path weights_path = choose_weights(dir, weights);
   const io::TensorMap saved = io::read_checkpoint(weights_path);
-  const auto aliases = methods::method_spec(config.method).key_aliases(config.values);
+  const auto aliases = key_aliases(config, base());
   io::TensorMap renamed;
   for (const auto& [key, tensor] : saved) {
     const std::string canonical = formats::resolve_alias(key, aliases);
@@ -134,6 +173,7 @@ std::string AdapterModelImpl::load_adapter(const fs::path& dir, const std::strin
 
   add_adapter(name, config);
   try {
+    add_shared_parameters(*this, dir, saved_name, name, renamed);
     load_adapter_state_dict(name, renamed, weights_path.string());
   } catch (...) {
     delete_adapter(name);

@@ -6,7 +6,9 @@
 namespace adapters::formats {
 
 const std::vector<std::string>& adapter_containers() {
-  static const std::vector<std::string> containers = {"adapters", "loras", "adapter_fusion_layer"};
+  static const std::vector<std::string> containers = {
+      "adapters", "loras", "adapter_fusion_layer", "invertible_adapters", "shared_parameters", "refts",
+      "prefix_tunings", "prefix_gates", "prompt_tunings"};
   return containers;
 }
 
@@ -16,6 +18,10 @@ bool key_belongs_to_adapter(const std::string& key, const std::string& name) {
     if (dotted.find("." + c + "." + name + ".") != std::string::npos) return true;
   }
   return false;
+}
+
+bool is_shared_parameter(const std::string& key) {
+  return ("." + key).find(".shared_parameters.") != std::string::npos;
 }
 
 std::string rename_adapter(const std::string& key, const std::string& from, const std::string& to) {
@@ -32,7 +38,8 @@ std::string rename_adapter(const std::string& key, const std::string& from, cons
 
 std::string to_base_prefix(const std::string& key, const std::string& prefix, bool* is_base) {
   // Top-level modules of the base models (what follows the prefix).
-  static const std::vector<std::string> base_roots = {"embeddings.", "encoder.", "pooler.", "transformer."};
+  static const std::vector<std::string> base_roots = {"embeddings.", "encoder.", "pooler.", "transformer.",
+                                                      "prefix_tuning.", "prompt_tuning."};
   for (const auto& known : models::known_base_prefixes()) {
     if (key.rfind(known + ".", 0) == 0) {
       if (is_base) *is_base = true;

@@ -15,6 +15,10 @@ const std::vector<std::string>& adapter_containers();
 // True when `key` belongs to the adapter `name` (".adapters.<name>." and friends).
 bool key_belongs_to_adapter(const std::string& key, const std::string& name);
 
+// True for the model-level parameters an adapter shares across layers (Compacter's
+// "shared_parameters.<name>."), which the reference saves apart in shared_parameters.safetensors.
+bool is_shared_parameter(const std::string& key);
+
 // Renames the adapter `from` to `to` inside a key (the reference's load_as).
 std::string rename_adapter(const std::string& key, const std::string& from, const std::string& to);
 

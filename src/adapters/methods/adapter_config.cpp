@@ -141,8 +141,52 @@ json parse_option_value(const std::string& text, const std::string& context) {
   return LiteralParser(text, context).parse_all();
 }
 
+namespace {
+
+// Top-level '|' splits a union string ("prefix_tuning|par_bn[reduction_factor=4]").
+std::vector<std::string> split_union(const std::string& text) {
+  std::vector<std::string> parts;
+  int depth = 0;
+  std::string current;
+  for (char c : text) {
+    if (c == '[' || c == '(' || c == '{') ++depth;
+    if (c == ']' || c == ')' || c == '}') --depth;
+    if (c == '|' && depth == 0) {
+      parts.push_back(current);
+      current.clear();
+      continue;
+    }
+    current += c;
+  }
+  parts.push_back(current);
+  return parts;
+}
+
+// Overrides of a union preset go to every member that has the option ("mam[bottleneck_size=64]").
+void apply_union_overrides(json& union_config, const json& overrides, const std::string& spec) {
+  for (auto it = overrides.begin(); it != overrides.end(); ++it) {
+    bool applied = false;
+    for (auto& member : union_config.at("configs")) {
+      if (member.contains(it.key())) {
+        member[it.key()] = it.value();
+        applied = true;
+      }
+    }
+    ADAPTERS_CHECK(applied, "adapter config \"", spec, "\": no member of the union has the option '", it.key(), "'");
+  }
+}
+
+}  // namespace
+
 AdapterConfig AdapterConfig::parse(const std::string& spec) {
   const std::string text = trim(spec);
+  const std::vector<std::string> members = split_union(text);
+  if (members.size() > 1) {
+    json configs = json::array();
+    for (const auto& m : members) configs.push_back(parse(m).values);
+    const MethodSpec& u = method_spec("union");
+    return {u.name, u.normalize(json{{"architecture", "union"}, {"configs", configs}}, "adapter config \"" + spec + "\"")};
+  }
   std::size_t open = text.find_first_of("[(");
   std::string name = trim(text.substr(0, open));
   json overrides = json::object();
@@ -165,7 +209,11 @@ AdapterConfig AdapterConfig::parse(const std::string& spec) {
     throw Error(str("adapter config \"", spec, "\": unknown config name '", name, "'"), "known: " + known);
   }
   json options = preset;
-  for (auto it = overrides.begin(); it != overrides.end(); ++it) options[it.key()] = it.value();
+  if (method->name == "union") {
+    apply_union_overrides(options, overrides, spec);
+  } else {
+    for (auto it = overrides.begin(); it != overrides.end(); ++it) options[it.key()] = it.value();
+  }
   return {method->name, method->normalize(options, str("adapter config \"", spec, "\""))};
 }
 

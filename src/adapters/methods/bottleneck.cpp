@@ -7,6 +7,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include "adapters/methods/compacter.h"
+#include "adapters/methods/invertible.h"
+
 namespace adapters::methods {
 
 using torch::Tensor;
@@ -101,6 +104,22 @@ BnConfig BnConfig::from_json(const json& options, const std::string& source) {
   c.hypercomplex_nonlinearity = r.get_string("hypercomplex_nonlinearity", c.hypercomplex_nonlinearity);
   c.phm_rank = r.get_int("phm_rank", c.phm_rank);
   c.phm_bias = r.get_bool("phm_bias", c.phm_bias);
+  if (c.phm_dim < 1) r.fail("phm_dim", "a positive integer");
+  if (c.phm_rank < 1) r.fail("phm_rank", "a positive integer");
+  if (c.phm_c_init != "normal" && c.phm_c_init != "uniform") r.fail("phm_c_init", "\"normal\" or \"uniform\"");
+  static const std::set<std::string> w_inits = {"phm", "glorot-normal", "glorot-uniform", "normal"};
+  if (!w_inits.count(c.hypercomplex_nonlinearity)) {
+    r.fail("hypercomplex_nonlinearity", "\"phm\", \"glorot-normal\", \"glorot-uniform\" or \"normal\"");
+  }
+  if (c.phm_layer && c.init_weights == "mam_adapter") {
+    throw Error(source + ": init_weights=\"mam_adapter\" initialises Linear projections; with phm_layer=true use \"bert\"");
+  }
+  if (!c.inv_adapter.is_null() && c.inv_adapter_reduction_factor.is_null()) {
+    r.fail("inv_adapter_reduction_factor", "a positive number when inv_adapter is set");
+  }
+  if (c.inv_adapter_reduction_factor.is_number() && c.inv_adapter_reduction_factor.get<double>() <= 0) {
+    r.fail("inv_adapter_reduction_factor", "a positive number");
+  }
   if (!c.mh_adapter && !c.output_adapter && !c.cross_adapter) {
     throw Error(source + ": the adapter is placed nowhere (mh_adapter, output_adapter and cross_adapter are all false)");
   }
@@ -174,15 +193,22 @@ bool BnConfig::places_at(const std::string& location, std::int64_t layer) const 
 // ---- the adapter module ---------------------------------------------------------------------
 
 BottleneckAdapterImpl::BottleneckAdapterImpl(const BnConfig& config, std::int64_t input_size, std::int64_t bottleneck,
-                                             const std::string& source)
+                                             const std::string& source, std::shared_ptr<PhmSharedImpl> phm_shared)
     : config_(config), activation_(nn::resolve_activation(config.non_linearity, source + ": non_linearity")) {
   auto adapter_down = register_module("adapter_down", std::make_shared<torch::nn::Module>());
   int index = 0;
   if (config.ln_before) {
     norm_before_ = adapter_down->register_module(std::to_string(index++), torch::nn::LayerNorm(torch::nn::LayerNormOptions({input_size})));
   }
-  down_ = adapter_down->register_module(std::to_string(index), torch::nn::Linear(input_size, bottleneck));
-  up_ = register_module("adapter_up", torch::nn::Linear(bottleneck, input_size));
+  if (config.phm_layer) {
+    phm_down_ = adapter_down->register_module(
+        std::to_string(index), std::make_shared<PHMLayerImpl>(config, input_size, bottleneck, "down", phm_shared, source));
+    phm_up_ = register_module("adapter_up",
+                              std::make_shared<PHMLayerImpl>(config, bottleneck, input_size, "up", phm_shared, source));
+  } else {
+    down_ = adapter_down->register_module(std::to_string(index), torch::nn::Linear(input_size, bottleneck));
+    up_ = register_module("adapter_up", torch::nn::Linear(bottleneck, input_size));
+  }
   if (config.scaling == "learned") {
     scaling_param_ = register_parameter("scaling", torch::ones({1}));
   } else if (config.scaling == "channel") {
@@ -204,6 +230,8 @@ void BottleneckAdapterImpl::init_weights(const std::string& scheme) {
     l->weight.normal_(0.0, 0.02);
     l->bias.zero_();
   };
+  if (gate_) bert_init(gate_);
+  if (phm_down_) return;  // PHM layers initialise themselves (init_bert_weights touches only Linear layers)
   if (scheme == "mam_adapter") {
     torch::nn::init::kaiming_uniform_(down_->weight, std::sqrt(5.0));
     down_->bias.zero_();
@@ -213,13 +241,14 @@ void BottleneckAdapterImpl::init_weights(const std::string& scheme) {
     bert_init(down_);
     bert_init(up_);
   }
-  if (gate_) bert_init(gate_);
 }
 
 Tensor BottleneckAdapterImpl::down_project(const Tensor& x) {
   Tensor h = norm_before_ ? norm_before_(x) : x;
-  return activation_(down_(h));
+  return activation_(phm_down_ ? phm_down_->forward(h) : down_(h));
 }
+
+Tensor BottleneckAdapterImpl::up_project(const Tensor& x) { return phm_up_ ? phm_up_->forward(x) : up_(x); }
 
 nn::PreForward BottleneckAdapterImpl::pre_forward(const Tensor& hidden, const Tensor& input, const nn::Norm& norm,
                                                   bool want_query, bool query_before_ln) {
@@ -241,7 +270,7 @@ nn::PreForward BottleneckAdapterImpl::pre_forward(const Tensor& hidden, const Te
 
 nn::AdapterOutput BottleneckAdapterImpl::forward(const Tensor& x, const Tensor& residual) {
   Tensor down = down_project(x);
-  Tensor up = up_(down);
+  Tensor up = up_project(down);
   up = scaling_param_.defined() ? up * scaling_param_ : up * scaling_value_;
   Tensor out = dropout_(up);
   Tensor gate;
@@ -275,26 +304,38 @@ MethodSpec bottleneck_method() {
                        {"scaling", 4.0}, {"init_weights", "mam_adapter"}};
   json scaled_par_bn = par_bn;
   scaled_par_bn["scaling"] = "learned";
+  auto with = [](json base, const json& extra) {
+    for (auto it = extra.begin(); it != extra.end(); ++it) base[it.key()] = it.value();
+    return base;
+  };
+  const json compacter = {{"phm_layer", true}, {"reduction_factor", 32}, {"non_linearity", "gelu"}};
+  const json inv = {{"inv_adapter", "nice"}, {"inv_adapter_reduction_factor", 2}};
 
   MethodSpec spec;
   spec.name = "bottleneck";
   spec.architecture = nullptr;
   spec.presets = {{"seq_bn", seq_bn},         {"pfeiffer", seq_bn},       {"double_seq_bn", double_seq_bn},
                   {"houlsby", double_seq_bn}, {"par_bn", par_bn},         {"parallel", par_bn},
-                  {"scaled_par_bn", scaled_par_bn}, {"scaled_parallel", scaled_par_bn}};
+                  {"scaled_par_bn", scaled_par_bn}, {"scaled_parallel", scaled_par_bn},
+                  {"compacter", with(double_seq_bn, compacter)}, {"compacter++", with(seq_bn, compacter)},
+                  {"seq_bn_inv", with(seq_bn, inv)},   {"pfeiffer+inv", with(seq_bn, inv)},
+                  {"double_seq_bn_inv", with(double_seq_bn, inv)}, {"houlsby+inv", with(double_seq_bn, inv)}};
   spec.normalize = [](const json& options, const std::string& source) {
     return BnConfig::from_json(options, source).to_json();
   };
   spec.attach = [](const std::string& adapter, const json& values, models::BaseModelImpl& model) {
     const std::string source = "adapter '" + adapter + "'";
     const BnConfig config = BnConfig::from_json(values, source);
-    if (config.phm_layer) throw NotSupported(source + ": phm_layer=true (Compacter) is not supported yet");
-    if (!config.inv_adapter.is_null()) throw NotSupported(source + ": inv_adapter (invertible adapters) is not supported yet");
     const std::int64_t hidden = model.config().hidden_size;
+    std::shared_ptr<PhmSharedImpl> phm_shared = config.phm_layer ? add_phm_shared(adapter, config, model, source) : nullptr;
     for (nn::ResidualSite* site : model.sites().residual) {
       if (!config.places_at(site->location(), site->layer())) continue;
       const std::int64_t bottleneck = config.bottleneck_size(hidden, site->layer(), source);
-      site->add_adapter(adapter, std::make_shared<BottleneckAdapterImpl>(config, hidden, bottleneck, source));
+      site->add_adapter(adapter, std::make_shared<BottleneckAdapterImpl>(config, hidden, bottleneck, source, phm_shared));
+    }
+    if (!config.inv_adapter.is_null()) {
+      add_invertible_adapter(adapter, config.inv_adapter.get<std::string>(), config.non_linearity,
+                             config.inv_adapter_reduction_factor.get<double>(), model, source);
     }
   };
   spec.key_aliases = [](const json& values) {

@@ -14,6 +14,9 @@
 
 namespace adapters::methods {
 
+class PHMLayerImpl;
+class PhmSharedImpl;
+
 struct BnConfig {
   bool mh_adapter = false;
   bool output_adapter = true;
@@ -34,7 +37,7 @@ struct BnConfig {
   json inv_adapter_reduction_factor = nullptr;
   bool cross_adapter = false;
   std::vector<std::int64_t> leave_out;
-  // Compacter (PHM) options, kept for the config round trip.
+  // Compacter: PHM layers replace the Linear projections when phm_layer (methods/compacter.h).
   bool phm_layer = false;
   std::int64_t phm_dim = 4;
   bool factorized_phm_W = true;
@@ -57,10 +60,11 @@ struct BnConfig {
 };
 
 // One bottleneck adapter at one residual site: the reference's Adapter / ParallelAdapter.
+// With phm_layer its projections are PHM layers using the adapter's shared parameters.
 class BottleneckAdapterImpl : public nn::ResidualAdapter {
  public:
   BottleneckAdapterImpl(const BnConfig& config, std::int64_t input_size, std::int64_t bottleneck,
-                        const std::string& source);
+                        const std::string& source, std::shared_ptr<PhmSharedImpl> phm_shared = nullptr);
 
   nn::PreForward pre_forward(const torch::Tensor& hidden, const torch::Tensor& input, const nn::Norm& norm,
                              bool want_query, bool query_before_ln) override;
@@ -71,12 +75,15 @@ class BottleneckAdapterImpl : public nn::ResidualAdapter {
  private:
   void init_weights(const std::string& scheme);
   torch::Tensor down_project(const torch::Tensor& x);
+  torch::Tensor up_project(const torch::Tensor& x);
 
   BnConfig config_;
   nn::Activation activation_;
   torch::nn::LayerNorm norm_before_{nullptr};  // adapter_down.0 when ln_before
   torch::nn::Linear down_{nullptr};            // adapter_down.0 or .1
   torch::nn::Linear up_{nullptr};              // adapter_up
+  std::shared_ptr<PHMLayerImpl> phm_down_;     // adapter_down.0 or .1 when phm_layer
+  std::shared_ptr<PHMLayerImpl> phm_up_;       // adapter_up when phm_layer
   torch::nn::LayerNorm norm_after_{nullptr};   // adapter_norm_after
   torch::nn::Linear gate_{nullptr};            // gate
   torch::nn::Dropout dropout_{nullptr};

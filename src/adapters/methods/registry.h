@@ -27,6 +27,10 @@ struct MethodSpec {
   std::function<void(const std::string& adapter, const json& config, models::BaseModelImpl& model)> attach;
   // Extra safetensors aliases {alias key suffix -> stored key suffix} the reference writes.
   std::function<std::vector<std::pair<std::string, std::string>>(const json& config)> key_aliases;
+  // Optional: aliases that depend on the model's module tree (a module shared by every layer,
+  // as the prefix-tuning pool), same form as key_aliases.
+  std::function<std::vector<std::pair<std::string, std::string>>(const json& config, const models::BaseModelImpl& model)>
+      model_key_aliases;
 };
 
 const std::vector<MethodSpec>& methods();

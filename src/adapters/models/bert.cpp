@@ -40,7 +40,7 @@ struct BertEmbeddingsImpl : torch::nn::Module {
   // (B,T) -> (B,T)
   Tensor positions(const Tensor& input_ids) const {
     const auto T = input_ids.size(1);
-    if (!roberta_positions) return position_ids.narrow(1, 0, T).expand_as(input_ids);
+    if (!roberta_positions) return torch::arange(T, input_ids.options()).unsqueeze(0).expand_as(input_ids);
     Tensor mask = input_ids.ne(pad_token_id).to(torch::kLong);
     return torch::cumsum(mask, 1) * mask + pad_token_id;
   }
@@ -58,6 +58,8 @@ struct BertEmbeddingsImpl : torch::nn::Module {
   torch::nn::Embedding word_embeddings{nullptr}, position_embeddings{nullptr}, token_type_embeddings{nullptr};
   torch::nn::LayerNorm LayerNorm{nullptr};
   torch::nn::Dropout dropout{nullptr};
+  // HF's buffer (0..max-1), kept so that the checkpoint's key loads; positions are computed with
+  // arange instead, since a whole-module dtype cast would round this buffer too.
   Tensor position_ids;
 };
 TORCH_MODULE(BertEmbeddings);

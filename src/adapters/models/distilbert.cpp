@@ -41,7 +41,7 @@ TORCH_MODULE(Embeddings);
 
 struct MultiHeadSelfAttentionImpl : torch::nn::Module {
   MultiHeadSelfAttentionImpl(const ModelConfig& c, std::int64_t layer)
-      : heads(c.num_attention_heads), head_dim(c.head_dim()), prefix(layer, nn::attention_location::kSelf) {
+      : heads(c.num_attention_heads), head_dim(c.head_dim()), prefix(layer, nn::attention_location::kSelfBare) {
     const auto C = c.hidden_size;
     q_lin = register_module("q_lin", AdaptedLinear(C, C, true, layer, nn::role::kQuery));
     k_lin = register_module("k_lin", AdaptedLinear(C, C, true, layer, nn::role::kKey));

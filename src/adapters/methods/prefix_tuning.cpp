@@ -1,0 +1,260 @@
+// Prefix tuning: config (presets, validation, JSON round trip), the model-level pool computing
+// every layer's prefix once per forward, the per-layer modules at the attention sites, the
+// aliases the reference writes for the pool, and eject_prefix_tuning.
+#include "adapters/methods/prefix_tuning.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+
+#include "adapters/model.h"
+
+namespace adapters::methods {
+
+using torch::Tensor;
+
+// ---- config ---------------------------------------------------------------------------------
+
+namespace {
+
+constexpr const char* kPoolName = "prefix_tuning";  // the pool's attribute under the base model
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+
+bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
+
+}  // namespace
+
+PrefixTuningConfig PrefixTuningConfig::from_json(const json& options, const std::string& source) {
+  JsonReader r(options, source);
+  r.reject_unknown({"architecture", "encoder_prefix", "cross_prefix", "leave_out", "flat", "prefix_length",
+                    "bottleneck_size", "non_linearity", "dropout", "use_gating", "shared_gating"});
+  if (r.has("architecture") && r.raw("architecture") != "prefix_tuning") r.fail("architecture", "\"prefix_tuning\"");
+  PrefixTuningConfig c;
+  c.encoder_prefix = r.get_bool("encoder_prefix", c.encoder_prefix);
+  c.cross_prefix = r.get_bool("cross_prefix", c.cross_prefix);
+  if (r.has("leave_out")) c.leave_out = r.get_int_list("leave_out");
+  c.flat = r.get_bool("flat", c.flat);
+  c.prefix_length = r.get_int("prefix_length", c.prefix_length);
+  if (c.prefix_length < 1) r.fail("prefix_length", "a positive integer");
+  c.bottleneck_size = r.get_int("bottleneck_size", c.bottleneck_size);
+  if (c.bottleneck_size < 1) r.fail("bottleneck_size", "a positive integer");
+  c.non_linearity = r.get_string("non_linearity", c.non_linearity);
+  nn::resolve_activation(lower(c.non_linearity), source + ": non_linearity");
+  c.dropout = r.get_double("dropout", c.dropout);
+  if (c.dropout < 0.0 || c.dropout >= 1.0) r.fail("dropout", "a probability in [0, 1)");
+  c.use_gating = r.get_bool("use_gating", c.use_gating);
+  c.shared_gating = r.get_bool("shared_gating", c.shared_gating);
+  return c;
+}
+
+json PrefixTuningConfig::to_json() const {
+  return {{"architecture", "prefix_tuning"}, {"bottleneck_size", bottleneck_size}, {"cross_prefix", cross_prefix},
+          {"dropout", dropout},              {"encoder_prefix", encoder_prefix},   {"flat", flat},
+          {"leave_out", leave_out},          {"non_linearity", non_linearity},     {"prefix_length", prefix_length},
+          {"shared_gating", shared_gating},  {"use_gating", use_gating}};
+}
+
+bool PrefixTuningConfig::places_at(const std::string& location, std::int64_t layer) const {
+  if (std::find(leave_out.begin(), leave_out.end(), layer) != leave_out.end()) return false;
+  if (starts_with(location, "cross")) return cross_prefix;
+  if (starts_with(location, "encoder")) return encoder_prefix;
+  return true;
+}
+
+// ---- prefix modules -------------------------------------------------------------------------
+
+PrefixTuningImpl::PrefixTuningImpl(const PrefixTuningConfig& config, std::int64_t n_layers, std::int64_t hidden,
+                                   const std::string& source)
+    : activation_(nn::resolve_activation(lower(config.non_linearity), source + ": non_linearity")) {
+  wte_ = register_module("wte", torch::nn::Embedding(config.prefix_length, hidden));
+  auto control_trans = register_module("control_trans", std::make_shared<torch::nn::Module>());
+  down_ = control_trans->register_module("0", torch::nn::Linear(hidden, config.bottleneck_size));
+  up_ = control_trans->register_module("2", torch::nn::Linear(config.bottleneck_size, n_layers * 2 * hidden));
+}
+
+// wte(0..P-1) is wte's weight: (P,C) -> (P, L*2*C)
+Tensor PrefixTuningImpl::states() { return up_(activation_(down_(wte_->weight))); }
+
+FlatPrefixTuningImpl::FlatPrefixTuningImpl(const PrefixTuningConfig& config, std::int64_t n_layers, std::int64_t hidden)
+    : FlatPrefixTuningImpl(torch::randn({config.prefix_length * n_layers * 2 * hidden}), config.prefix_length) {}
+
+FlatPrefixTuningImpl::FlatPrefixTuningImpl(const Tensor& values, std::int64_t prefix_length)
+    : prefix_length_(prefix_length) {
+  control_trans_ = register_parameter("control_trans", values);
+}
+
+// (P*L*2*C) -> (P, L*2*C)
+Tensor FlatPrefixTuningImpl::states() { return control_trans_.view({prefix_length_, -1}); }
+
+// ---- the group and the pool -----------------------------------------------------------------
+
+PrefixTuningGroupImpl::PrefixTuningGroupImpl(const PrefixTuningConfig& config,
+                                             const std::map<std::string, std::int64_t>& layer_counts,
+                                             std::int64_t heads, std::int64_t hidden, const std::string& source)
+    : heads_(heads), hidden_(hidden), prefix_length_(config.prefix_length) {
+  for (const auto& [location, n_layers] : layer_counts) {
+    std::shared_ptr<PrefixModuleImpl> module;
+    if (config.flat) {
+      module = std::make_shared<FlatPrefixTuningImpl>(config, n_layers, hidden);
+    } else {
+      module = std::make_shared<PrefixTuningImpl>(config, n_layers, hidden, source);
+    }
+    locations_[location] = {register_module(location, module), n_layers};
+  }
+  dropout_ = register_module("dropout", torch::nn::Dropout(config.dropout));
+}
+
+std::map<std::string, std::vector<nn::PrefixKV>> PrefixTuningGroupImpl::forward(std::int64_t batch) {
+  std::map<std::string, std::vector<nn::PrefixKV>> out;
+  const std::int64_t P = prefix_length_, H = heads_, D = hidden_ / heads_;
+  for (const auto& [location, l] : locations_) {
+    const std::int64_t L2 = 2 * l.n_layers;
+    Tensor kv = l.module->states().view({P, L2, H, D}).permute({1, 2, 0, 3});  // (2L,H,P,D)
+    kv = kv.unsqueeze(1).expand({L2, batch, H, P, D});                          // (2L,B,H,P,D)
+    if (is_training() && dropout_->options.p() > 0.0) kv = dropout_(kv.contiguous());
+    auto& layers = out[location];
+    for (std::int64_t i = 0; i < l.n_layers; ++i) layers.push_back({kv[2 * i], kv[2 * i + 1]});
+  }
+  return out;
+}
+
+void PrefixTuningGroupImpl::eject() {
+  torch::NoGradGuard no_grad;
+  for (auto& [location, l] : locations_) {
+    if (dynamic_cast<PrefixTuningImpl*>(l.module.get()) == nullptr) continue;
+    auto flat = std::make_shared<FlatPrefixTuningImpl>(l.module->states().detach().reshape({-1}).clone(), prefix_length_);
+    flat->train(is_training());
+    unregister_module(location);
+    l.module = register_module(location, std::shared_ptr<PrefixModuleImpl>(flat));
+  }
+}
+
+PrefixTuningPoolImpl::PrefixTuningPoolImpl() : groups_(nn::make_adapter_dict<PrefixTuningGroupImpl>()) {
+  register_module("prefix_tunings", groups_);
+}
+
+void PrefixTuningPoolImpl::prepare(const Tensor& input_ids, nn::ForwardContext& ctx) {
+  if (ctx.setup == nullptr || groups_->empty()) return;
+  for (const auto& name : ctx.setup->flatten()) {
+    if (PrefixTuningGroupImpl* g = groups_->find(name)) ctx.prefix_states[name] = g->forward(input_ids.size(0));
+  }
+}
+
+void PrefixTuningPoolImpl::delete_adapter(const std::string& name) { groups_->erase(name); }
+
+void PrefixTuningPoolImpl::add(const std::string& name, std::shared_ptr<PrefixTuningGroupImpl> group) {
+  groups_->insert(name, std::move(group));
+}
+
+// ---- the per-layer module -------------------------------------------------------------------
+
+PrefixTuningLayerImpl::PrefixTuningLayerImpl(std::string adapter, std::int64_t prefix_id,
+                                             const PrefixTuningConfig& config, std::int64_t hidden)
+    : adapter_(std::move(adapter)), prefix_id_(prefix_id) {
+  if (!config.use_gating) return;
+  const std::int64_t outputs = config.shared_gating ? 1 : 2;
+  const double bound = 1.0 / std::sqrt(static_cast<double>(hidden));  // nn.Linear's bias initialisation
+  gate_weight_ = register_parameter("weight", torch::empty({outputs, hidden}).normal_(0.0, 0.02));
+  gate_bias_ = register_parameter("bias", torch::empty({outputs}).uniform_(-bound, bound));
+}
+
+nn::AttentionState PrefixTuningLayerImpl::apply(const nn::AttentionState& state, const Tensor& hidden,
+                                                std::int64_t layer, const std::string& location,
+                                                nn::ForwardContext& ctx) {
+  auto adapter_states = ctx.prefix_states.find(adapter_);
+  ADAPTERS_CHECK(adapter_states != ctx.prefix_states.end() && adapter_states->second.count(location),
+                 "prefix tuning '", adapter_, "': no prefix states for ", location, " in this forward pass");
+  const nn::PrefixKV& kv = adapter_states->second.at(location).at(static_cast<std::size_t>(prefix_id_));
+  Tensor key = kv.key, value = kv.value;  // (B,H,P,D)
+  if (gate_weight_.defined()) {
+    Tensor gate = torch::sigmoid(torch::linear(hidden, gate_weight_, gate_bias_)).mean(1);  // (B,T,G) -> (B,G)
+    if (ctx.output_gating_scores) ctx.gating_scores[adapter_][layer][location] = gate.detach();
+    key = key * gate.select(1, 0).view({-1, 1, 1, 1});
+    value = value * gate.select(1, gate.size(1) - 1).view({-1, 1, 1, 1});
+  }
+  nn::AttentionState out{torch::cat({key, state.key}, 2), torch::cat({value, state.value}, 2), state.mask};
+  if (state.mask.defined()) {
+    // Prefix positions are always attended: additive 0.  (B,1,Q,P) ++ (B,1,Q,T)
+    Tensor prefix_mask = torch::zeros({state.mask.size(0), 1, state.mask.size(2), key.size(2)}, state.mask.options());
+    out.mask = torch::cat({prefix_mask, state.mask}, -1);
+  }
+  return out;
+}
+
+// ---- the method -----------------------------------------------------------------------------
+
+namespace {
+
+void attach(const std::string& adapter, const json& values, models::BaseModelImpl& model) {
+  const std::string source = "adapter '" + adapter + "'";
+  const PrefixTuningConfig config = PrefixTuningConfig::from_json(values, source);
+  const std::int64_t hidden = model.config().hidden_size;
+  std::map<std::string, std::int64_t> layer_counts;
+  for (nn::AttentionSite* site : model.sites().attention) {
+    if (!config.places_at(site->location(), site->layer())) continue;
+    const std::int64_t prefix_id = layer_counts[site->location()]++;
+    site->add_adapter(adapter, std::make_shared<PrefixTuningLayerImpl>(adapter, prefix_id, config, hidden));
+  }
+  ADAPTERS_CHECK(!layer_counts.empty(), source, ": the prefix is placed in no attention layer (leave_out ",
+                 json(config.leave_out).dump(), ", the model has ", model.sites().attention.size(), " attention sites)");
+  auto pool = model.hooks().get_or_create<PrefixTuningPoolImpl>(kPoolName, [] { return std::make_shared<PrefixTuningPoolImpl>(); });
+  ADAPTERS_CHECK(pool != nullptr, source, ": the model's '", kPoolName, "' hook is not a prefix-tuning pool");
+  pool->add(adapter, std::make_shared<PrefixTuningGroupImpl>(config, layer_counts, model.config().num_attention_heads,
+                                                             hidden, source));
+}
+
+// The reference registers the pool inside every attention layer's shim as "pool", so its .bin
+// holds each pool tensor again under "<site>.prefix_tuning.pool.prefix_tunings...": one alias per
+// attention site (left-out layers included), mapped onto the pool under the base model.
+std::vector<std::pair<std::string, std::string>> pool_aliases(const json&, const models::BaseModelImpl& model) {
+  std::map<const torch::nn::Module*, std::string> paths;
+  for (const auto& item : model.named_modules()) paths[item.value().get()] = item.key();
+  std::vector<std::pair<std::string, std::string>> aliases;
+  for (const nn::AttentionSite* site : model.sites().attention) {
+    auto it = paths.find(site->module());
+    if (it != paths.end()) aliases.emplace_back(it->second + ".pool.prefix_tunings.", "prefix_tuning.prefix_tunings.");
+  }
+  return aliases;
+}
+
+}  // namespace
+
+MethodSpec prefix_tuning_method() {
+  MethodSpec spec;
+  spec.name = "prefix_tuning";
+  spec.architecture = "prefix_tuning";
+  spec.presets = {{"prefix_tuning", json::object()}, {"prefix_tuning_flat", {{"flat", true}}}};
+  spec.normalize = [](const json& options, const std::string& source) {
+    return PrefixTuningConfig::from_json(options, source).to_json();
+  };
+  spec.attach = attach;
+  spec.key_aliases = [](const json&) { return std::vector<std::pair<std::string, std::string>>(); };
+  spec.model_key_aliases = pool_aliases;
+  return spec;
+}
+
+}  // namespace adapters::methods
+
+// ---- AdapterModel::eject_prefix_tuning ------------------------------------------------------
+
+namespace adapters {
+
+void AdapterModelImpl::eject_prefix_tuning(const std::string& name) {
+  auto entry = std::find_if(adapters_.begin(), adapters_.end(), [&](const auto& a) { return a.first == name; });
+  ADAPTERS_CHECK(entry != adapters_.end(), "eject_prefix_tuning: no adapter named '", name, "'");
+  ADAPTERS_CHECK(entry->second.method == "prefix_tuning", "eject_prefix_tuning: adapter '", name, "' is a ",
+                 entry->second.method, " adapter, expected a prefix_tuning adapter");
+  auto pool = base_->hooks().find<methods::PrefixTuningPoolImpl>(methods::kPoolName);
+  methods::PrefixTuningGroupImpl* group = pool ? pool->group(name) : nullptr;
+  ADAPTERS_CHECK(group != nullptr, "eject_prefix_tuning: adapter '", name, "' has no prefix in the model");
+  group->eject();
+  entry->second.values["flat"] = true;
+}
+
+}  // namespace adapters

@@ -1,0 +1,126 @@
+// Prefix tuning (prefix_tuning / prefix_tuning_flat): learned key and value prefixes prepended
+// inside every attention layer. A model-level pool (the reference's PrefixTuningPool, registered
+// as "prefix_tuning" under the base model) computes the prefixes of all layers once per forward:
+// reparametrised as control_trans(wte(0..P-1)) = Linear(C, bottleneck) -> non_linearity ->
+// Linear(bottleneck, n_layers*2*C), or flat as one parameter of that size. Each attention site
+// gets a small per-layer module that prepends its layer's slice (optionally gated).
+#pragma once
+
+#include <torch/nn/modules/dropout.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "adapters/core/json.h"
+#include "adapters/methods/registry.h"
+#include "adapters/nn/activation.h"
+#include "adapters/nn/attention_site.h"
+#include "adapters/nn/model_hooks.h"
+
+namespace adapters::methods {
+
+struct PrefixTuningConfig {
+  bool encoder_prefix = true;
+  bool cross_prefix = true;
+  std::vector<std::int64_t> leave_out;
+  bool flat = false;
+  std::int64_t prefix_length = 30;
+  std::int64_t bottleneck_size = 512;
+  std::string non_linearity = "tanh";
+  double dropout = 0.0;
+  bool use_gating = false;
+  bool shared_gating = true;
+
+  static PrefixTuningConfig from_json(const json& options, const std::string& source);
+  json to_json() const;
+  // Whether an attention site at (location, layer) gets a prefix (the reference's config match).
+  bool places_at(const std::string& location, std::int64_t layer) const;
+};
+
+// The prefix of one adapter at one location for all its layers: states() is (P, n_layers*2*C),
+// laid out as the reference's view (P, n_layers*2, H, D).
+class PrefixModuleImpl : public torch::nn::Module {
+ public:
+  virtual torch::Tensor states() = 0;
+};
+
+// Reparametrised prefix: wte (P,C), control_trans.0 Linear(C,N), non_linearity, control_trans.2 Linear(N, L*2*C).
+class PrefixTuningImpl : public PrefixModuleImpl {
+ public:
+  PrefixTuningImpl(const PrefixTuningConfig& config, std::int64_t n_layers, std::int64_t hidden, const std::string& source);
+  torch::Tensor states() override;
+
+ private:
+  torch::nn::Embedding wte_{nullptr};
+  torch::nn::Linear down_{nullptr}, up_{nullptr};
+  nn::Activation activation_;
+};
+
+// Flat prefix: control_trans, one parameter of P*L*2*C values.
+class FlatPrefixTuningImpl : public PrefixModuleImpl {
+ public:
+  FlatPrefixTuningImpl(const PrefixTuningConfig& config, std::int64_t n_layers, std::int64_t hidden);
+  explicit FlatPrefixTuningImpl(const torch::Tensor& values, std::int64_t prefix_length);
+  torch::Tensor states() override;
+
+ private:
+  std::int64_t prefix_length_;
+  torch::Tensor control_trans_;
+};
+
+// One adapter's prefixes by location ("self_prefix", ...): the reference's PrefixTuningGroup.
+class PrefixTuningGroupImpl : public torch::nn::Module {
+ public:
+  struct Location {
+    std::shared_ptr<PrefixModuleImpl> module;
+    std::int64_t n_layers = 0;
+  };
+  PrefixTuningGroupImpl(const PrefixTuningConfig& config, const std::map<std::string, std::int64_t>& layer_counts,
+                        std::int64_t heads, std::int64_t hidden, const std::string& source);
+
+  // Prefix key/value states for a batch of `batch` rows: location -> one entry per layer.
+  std::map<std::string, std::vector<nn::PrefixKV>> forward(std::int64_t batch);
+  // Replaces every reparametrised prefix by a flat one with the same states.
+  void eject();
+
+ private:
+  std::int64_t heads_, hidden_;
+  std::int64_t prefix_length_;
+  torch::nn::Dropout dropout_{nullptr};
+  std::map<std::string, Location> locations_;
+};
+
+// The model-level pool: "prefix_tunings.<adapter>.<location>...".
+class PrefixTuningPoolImpl : public nn::ModelHook {
+ public:
+  PrefixTuningPoolImpl();
+  void prepare(const torch::Tensor& input_ids, nn::ForwardContext& ctx) override;
+  void delete_adapter(const std::string& name) override;
+
+  void add(const std::string& name, std::shared_ptr<PrefixTuningGroupImpl> group);
+  PrefixTuningGroupImpl* group(const std::string& name) const { return groups_->find(name); }
+
+ private:
+  nn::AdapterDict<PrefixTuningGroupImpl> groups_;
+};
+
+// The per-layer part at one attention site: prepends the layer's prefix, gated when asked.
+class PrefixTuningLayerImpl : public nn::AttentionAdapter {
+ public:
+  PrefixTuningLayerImpl(std::string adapter, std::int64_t prefix_id, const PrefixTuningConfig& config,
+                        std::int64_t hidden);
+  nn::AttentionState apply(const nn::AttentionState& state, const torch::Tensor& hidden, std::int64_t layer,
+                           const std::string& location, nn::ForwardContext& ctx) override;
+
+ private:
+  std::string adapter_;
+  std::int64_t prefix_id_;  // this layer's index among the layers holding the prefix
+  torch::Tensor gate_weight_, gate_bias_;  // "weight" (G,C), "bias" (G): G = 1 shared, 2 key/value
+};
+
+MethodSpec prefix_tuning_method();
+
+}  // namespace adapters::methods
