@@ -18,7 +18,7 @@ const std::regex& must_pass() {
       "^(bert|roberta|xlm-roberta|distilbert)__(pfeiffer|houlsby|parallel|scaled_parallel|var_pfeiffer_.*|"
       "var_houlsby_.*|var_parallel_.*|compacter|compacter_plus__plus_|var_compacter_.*|var_compacterpp_.*|"
       "pfeiffer_plus_inv|houlsby_plus_inv|prefix_tuning|prefix_tuning_flat|eject_prefix|var_prefix_.*|"
-      "lora|ia3|merge_lora|merge_ia3|var_lora_.*|var_ia3_.*)$");
+      "lora|ia3|merge_lora|merge_ia3|var_lora_.*|var_ia3_.*|mam|unipelt|var_union_.*|comp_stack)$");
   return r;
 }
 

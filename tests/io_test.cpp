@@ -115,7 +115,7 @@ class IoTest : public ::testing::Test {
           ("adapters_io_test." + std::to_string(::getpid()) + "." + std::to_string(counter++));
     fs::create_directories(dir);
   }
-  void TearDown() override { fs::remove_all(dir); }
+  void TearDown() override { io::remove_tree(dir); }
 
   // The malformed file's read error, checked to name the file.
   std::string read_error(const std::string& bytes, const std::string& name = "bad.safetensors") {
@@ -706,3 +706,21 @@ TEST_F(IoTest, ReadTextFile) {
 }
 
 }  // namespace
+
+namespace adapters::io {
+namespace {
+
+TEST(RemoveTree, RemovesNestedFoldersAndIgnoresMissingPaths) {
+  const fs::path root = fs::temp_directory_path() / ("adapters-remove-tree-" + std::to_string(::getpid()));
+  fs::create_directories(root / "a" / "b");
+  write_file_atomic(root / "a" / "b" / "f.txt", "x");
+  write_file_atomic(root / "g.txt", "y");
+  fs::create_symlink(root / "g.txt", root / "a" / "link");
+  remove_tree(root);
+  EXPECT_FALSE(fs::exists(root));
+  remove_tree(root);  // nothing there: no error, no crash
+  EXPECT_FALSE(fs::exists(root));
+}
+
+}  // namespace
+}  // namespace adapters::io

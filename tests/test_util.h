@@ -7,6 +7,7 @@
 #include <random>
 #include <string>
 
+#include "adapters/io/tensors.h"
 #include "adapters/model.h"
 
 namespace adapters::test {
@@ -24,10 +25,7 @@ class TempDir {
     path_ = fs::temp_directory_path() / ("adapters-test-" + std::to_string(rd()) + std::to_string(rd()));
     fs::create_directories(path_);
   }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
+  ~TempDir() { io::remove_tree(path_); }
   const fs::path& path() const { return path_; }
   fs::path operator/(const std::string& name) const { return path_ / name; }
 

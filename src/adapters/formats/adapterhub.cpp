@@ -36,8 +36,7 @@ void write_folder_atomic(const fs::path& dir, const std::vector<std::pair<std::s
       for (const auto& [name, write] : files) write(staging / name);
       fs::rename(staging, dir);
     } catch (...) {
-      std::error_code ignored;
-      fs::remove_all(staging, ignored);
+      io::remove_tree(staging);
       throw;
     }
     return;

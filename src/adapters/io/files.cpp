@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <unistd.h>
 
 namespace adapters::io {
@@ -183,6 +184,15 @@ std::string read_text_file(const fs::path& path) {
 TensorMap read_checkpoint(const fs::path& path) {
   if (ends_with(path.filename().string(), ".index.json")) return read_sharded_checkpoint(path);
   return read_checkpoint_file(path);
+}
+
+void remove_tree(const fs::path& path) noexcept {
+  // Depth first, so that folders are empty when their turn comes; go on past failures.
+  auto remove_entry = [](const char* entry, const struct stat*, int, struct FTW*) {
+    ::remove(entry);
+    return 0;
+  };
+  ::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 }  // namespace adapters::io

@@ -61,6 +61,11 @@ using ByteSink = std::function<void(const void* data, std::size_t size)>;
 void write_file_atomic_streamed(const fs::path& path,
                                 const std::function<void(const ByteSink&)>& write_contents);
 
+// Removes a file or a folder tree, ignoring what does not exist; never throws. (POSIX nftw rather
+// than std::filesystem::remove_all: the pip libtorch 2.x exports its own, broken, copy of that
+// symbol, which the dynamic linker binds first.)
+void remove_tree(const fs::path& path) noexcept;
+
 // Reads a whole text file; throws adapters::Error naming the path when it cannot.
 std::string read_text_file(const fs::path& path);
 
