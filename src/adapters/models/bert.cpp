@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "adapters/nn/activation.h"
+#include "adapters/nn/module_dict.h"
 
 namespace adapters::models {
 namespace {
@@ -164,15 +165,10 @@ struct BertLayerImpl : torch::nn::Module {
 TORCH_MODULE(BertLayer);
 
 struct BertEncoderImpl : torch::nn::Module {
-  explicit BertEncoderImpl(const ModelConfig& c) {
-    layer = register_module("layer", torch::nn::ModuleList());
-    for (std::int64_t i = 0; i < c.num_hidden_layers; ++i) {
-      layers.push_back(BertLayer(c, i));
-      layer->push_back(layers.back());
-    }
-  }
-  torch::nn::ModuleList layer{nullptr};
-  std::vector<BertLayer> layers;
+  explicit BertEncoderImpl(const ModelConfig& c)
+      : layers(nn::register_layers<BertLayer>(*this, "layer", c.num_hidden_layers,
+                                              [&](std::int64_t i) { return BertLayer(c, i); })) {}
+  std::vector<BertLayer> layers;  // "layer.<i>"
 };
 TORCH_MODULE(BertEncoder);
 

@@ -8,6 +8,7 @@
 
 #include "adapters/core/error.h"
 #include "adapters/nn/activation.h"
+#include "adapters/nn/module_dict.h"
 
 namespace adapters::models {
 namespace {
@@ -114,15 +115,10 @@ struct TransformerBlockImpl : torch::nn::Module {
 TORCH_MODULE(TransformerBlock);
 
 struct TransformerImpl : torch::nn::Module {
-  explicit TransformerImpl(const ModelConfig& c) {
-    layer = register_module("layer", torch::nn::ModuleList());
-    for (std::int64_t i = 0; i < c.num_hidden_layers; ++i) {
-      blocks.push_back(TransformerBlock(c, i));
-      layer->push_back(blocks.back());
-    }
-  }
-  torch::nn::ModuleList layer{nullptr};
-  std::vector<TransformerBlock> blocks;
+  explicit TransformerImpl(const ModelConfig& c)
+      : blocks(nn::register_layers<TransformerBlock>(*this, "layer", c.num_hidden_layers,
+                                                     [&](std::int64_t i) { return TransformerBlock(c, i); })) {}
+  std::vector<TransformerBlock> blocks;  // "layer.<i>"
 };
 TORCH_MODULE(Transformer);
 

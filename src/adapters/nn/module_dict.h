@@ -4,10 +4,12 @@
 #pragma once
 
 #include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
 
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace adapters::nn {
 
@@ -35,6 +37,20 @@ class AdapterDictImpl : public torch::nn::Module {
 
 template <typename T>
 using AdapterDict = std::shared_ptr<AdapterDictImpl<T>>;
+
+// Registers `count` layers made by `make(index)` in a ModuleList called `name` under `owner` (HF's
+// "layer", so parameters read "layer.<i>.") and returns them typed, for the forward loop.
+template <typename Holder, typename Make>
+std::vector<Holder> register_layers(torch::nn::Module& owner, const std::string& name, std::int64_t count,
+                                    const Make& make) {
+  auto list = owner.register_module(name, torch::nn::ModuleList());
+  std::vector<Holder> layers;
+  for (std::int64_t i = 0; i < count; ++i) {
+    layers.push_back(make(i));
+    list->push_back(layers.back());
+  }
+  return layers;
+}
 
 template <typename T>
 AdapterDict<T> make_adapter_dict() {
