@@ -2,6 +2,7 @@
 // timing of several variants, and the printed table of min / median / ratio to a baseline.
 #pragma once
 
+#include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -20,6 +21,17 @@ inline models::ModelConfig bert_base_config() {
               {"num_hidden_layers", 12},      {"num_attention_heads", 12},  {"intermediate_size", 3072},
               {"max_position_embeddings", 512}, {"type_vocab_size", 2},     {"hidden_act", "gelu"}};
   return models::parse_model_config(raw, "bert-base (benchmark)");
+}
+
+// Waits for the GPU's queued work, so that host timings cover it (a no-op on the CPU).
+inline void synchronize(bool cuda) {
+  if (cuda) torch::cuda::synchronize();
+}
+
+// The first line of every benchmark: where it runs and with what.
+inline void print_header(bool cuda) {
+  std::printf("BERT-base shapes on %s, %d CPU threads, libtorch %s\n", cuda ? "cuda" : "cpu", torch::get_num_threads(),
+              TORCH_VERSION);
 }
 
 inline models::ModelInputs random_inputs(std::int64_t batch, std::int64_t seq, std::int64_t vocab) {

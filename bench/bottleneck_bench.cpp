@@ -22,11 +22,8 @@ int main(int argc, char** argv) {
   model->add_adapter("seq", "seq_bn");
   model->add_adapter("double", "double_seq_bn");
   if (cuda) model->to(torch::kCUDA);
-  auto sync = [cuda] {
-    if (cuda) torch::cuda::synchronize();
-  };
-  std::printf("BERT-base shapes on %s, %d CPU threads, libtorch %s\n", cuda ? "cuda" : "cpu", torch::get_num_threads(),
-              TORCH_VERSION);
+  auto sync = [cuda] { bench::synchronize(cuda); };
+  bench::print_header(cuda);
   std::printf("seq_bn: %lld parameters, double_seq_bn: %lld, base: %lld\n",
               static_cast<long long>(model->adapter_summary_rows()[0].parameters),
               static_cast<long long>(model->adapter_summary_rows()[1].parameters),

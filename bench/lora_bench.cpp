@@ -53,12 +53,9 @@ int main(int argc, char** argv) {
   }
   merged->merge_adapter("lora");
   merged->set_active_adapters("lora");
-  auto sync = [cuda] {
-    if (cuda) torch::cuda::synchronize();
-  };
+  auto sync = [cuda] { bench::synchronize(cuda); };
 
-  std::printf("BERT-base shapes on %s, %d CPU threads, libtorch %s\n", cuda ? "cuda" : "cpu", torch::get_num_threads(),
-              TORCH_VERSION);
+  bench::print_header(cuda);
   std::printf("lora r8 q,v: %lld parameters, ia3: %lld, base: %lld\n",
               static_cast<long long>(model->adapter_summary_rows()[0].parameters),
               static_cast<long long>(model->adapter_summary_rows()[1].parameters),

@@ -38,7 +38,7 @@ Tensor ResidualSite::forward(const Tensor& hidden, const Tensor& input, const No
   Tensor input_hidden = hidden;
   Tensor out;
   switch (setup->type) {
-    case BlockType::Stack: out = stack(*setup, hidden, input, norm, ctx, 0).output; break;
+    case BlockType::Stack: out = stack(*setup, hidden, input, norm, ctx).output; break;
     default:
       throw NotSupported(str("adapter setup ", setup->to_string(), ": ", composition::block_type_name(setup->type),
                       " is not supported at residual sites"));
@@ -52,7 +52,7 @@ Tensor ResidualSite::forward(const Tensor& hidden, const Tensor& input, const No
 }
 
 AdapterOutput ResidualSite::stack(const Block& setup, Tensor hidden, const Tensor& input, const Norm& norm,
-                                  ForwardContext& ctx, int level) const {
+                                  ForwardContext& ctx) const {
   for (std::size_t i = 0; i < setup.children.size(); ++i) {
     const Block& child = setup.children[i];
     if (!child.is_adapter()) {

@@ -68,7 +68,7 @@ class ResidualSite {
   const composition::Block* active_setup(const ForwardContext& ctx) const;
   // The reference's adapter_stack: returns (hidden, up, input).
   AdapterOutput stack(const composition::Block& setup, torch::Tensor hidden, const torch::Tensor& input,
-                      const Norm& norm, ForwardContext& ctx, int level) const;
+                      const Norm& norm, ForwardContext& ctx) const;
   void store_gating_score(ForwardContext& ctx, const std::string& name, const torch::Tensor& gate) const;
 
   std::int64_t layer_;
