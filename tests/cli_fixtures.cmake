@@ -1,16 +1,23 @@
-# Runs `adapters fixtures` on two cases and checks its report.json and outputs.
+# Runs `adapters fixtures` on three cases (one a training case) and checks report.json, the
+# outputs and the gradients.
 file(REMOVE_RECURSE ${OUT})
-execute_process(COMMAND ${ADAPTERS} fixtures ${ROOT} --out ${OUT} --only "^(bert|distilbert)__houlsby$" --weights bin
+execute_process(COMMAND ${ADAPTERS} fixtures ${ROOT} --out ${OUT} --only "^((bert|distilbert)__houlsby|bert__train_lora)$" --weights bin
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "adapters fixtures exited ${rc}: ${out} ${err}")
 endif()
 file(READ ${OUT}/report.json report)
 string(JSON n LENGTH ${report} cases)
-if(NOT n EQUAL 2)
-  message(FATAL_ERROR "expected 2 cases in report.json, found ${n}")
+if(NOT n EQUAL 3)
+  message(FATAL_ERROR "expected 3 cases in report.json, found ${n}")
 endif()
-foreach(i 0 1)
+if(NOT EXISTS ${OUT}/bert__train_lora/grads.safetensors)
+  message(FATAL_ERROR "bert__train_lora: no grads.safetensors")
+endif()
+if(EXISTS ${OUT}/bert__houlsby/grads.safetensors)
+  message(FATAL_ERROR "bert__houlsby: an eval case wrote grads.safetensors")
+endif()
+foreach(i 0 1 2)
   string(JSON status GET ${report} cases ${i} status)
   string(JSON name GET ${report} cases ${i} case)
   if(NOT status STREQUAL "ok")

@@ -17,17 +17,6 @@ json read_case(const fs::path& case_dir) {
   return parse_json_file_text(io::read_text_file(path), path.string());
 }
 
-void reject_unsupported_features(const JsonReader& c) {
-  if (c.get_string("mode", "eval") != "eval") throw NotSupported("training cases (mode: train) are not supported yet");
-  if (c.has("head") || (c.has("heads") && !c.raw("heads").empty())) throw NotSupported("prediction heads are not supported yet");
-  if (c.has("fusions") && !c.raw("fusions").empty()) throw NotSupported("AdapterFusion is not supported yet");
-}
-
-const std::set<std::string>& base_outputs() {
-  static const std::set<std::string> names = {"last_hidden_state", "pooler_output"};
-  return names;
-}
-
 constexpr const char* kEjected = "ejected.";  // outputs after eject_prefix_tuning of the setup's adapters
 
 std::string strip_ejected(const std::string& output) {
@@ -54,17 +43,95 @@ bool wants_merged(const json& wanted) {
   return false;
 }
 
-io::TensorMap base_model_outputs(AdapterModel& model, const models::ModelInputs& inputs, const std::string& prefix) {
-  ModelOutput out = model->forward(inputs);
+// Every output of a forward pass by the fixtures' names: last_hidden_state, pooler_output, the
+// head's outputs (logits, ...), head_outputs.<i>.<key> with several heads, and loss.
+io::TensorMap named_outputs(const ModelOutput& out, const std::string& prefix) {
   io::TensorMap produced = {{prefix + "last_hidden_state", out.last_hidden_state}};
   if (out.pooler_output.defined()) produced[prefix + "pooler_output"] = out.pooler_output;
+  for (const auto& [key, t] : out.head) produced[prefix + key] = t;
+  for (std::size_t i = 0; i < out.head_outputs.size(); ++i) {
+    for (const auto& [key, t] : out.head_outputs[i]) produced[str(prefix, "head_outputs.", i, ".", key)] = t;
+  }
+  if (out.loss.defined()) produced[prefix + "loss"] = out.loss;
   return produced;
 }
 
-models::ModelInputs read_inputs(const fs::path& case_dir) {
+struct CaseInputs {
+  models::ModelInputs model;
+  HeadTensors extra;  // labels, word_starts, ...
+};
+
+CaseInputs read_inputs(const fs::path& case_dir) {
   io::TensorMap t = io::read_safetensors(case_dir / "inputs.safetensors").tensors;
-  auto take = [&](const char* name) { return t.count(name) ? t.at(name).to(torch::kLong) : torch::Tensor(); };
-  return {take("input_ids"), take("attention_mask"), take("token_type_ids")};
+  auto take = [&](const char* name) {
+    auto it = t.find(name);
+    if (it == t.end()) return torch::Tensor();
+    torch::Tensor v = it->second.to(torch::kLong);
+    t.erase(it);
+    return v;
+  };
+  CaseInputs in;
+  in.model = {take("input_ids"), take("attention_mask"), take("token_type_ids")};
+  in.extra = std::move(t);
+  return in;
+}
+
+io::TensorMap forward_outputs(AdapterModel& model, const CaseInputs& inputs, const std::string& prefix) {
+  ForwardOptions options;
+  options.head_inputs = inputs.extra;
+  return named_outputs(model->forward(inputs.model, options), prefix);
+}
+
+void load_case_parts(AdapterModel& model, const fs::path& case_dir, const JsonReader& c, WeightsPreference weights) {
+  for (const auto& adapter : c.raw("adapters")) {
+    JsonReader a(adapter, c.source() + ": adapters[]");
+    const bool with_head = a.has("with_head") && a.raw("with_head").is_boolean() && a.raw("with_head").get<bool>();
+    model->load_adapter(case_dir / a.get_string("dir"), a.get_string("name"), weights, false, with_head);
+  }
+  if (c.has("fusions")) {
+    for (const auto& fusion : c.raw("fusions")) {
+      JsonReader f(fusion, c.source() + ": fusions[]");
+      model->load_adapter_fusion(case_dir / f.get_string("dir"), weights);
+    }
+  }
+  std::vector<json> heads;
+  if (c.has("heads")) heads.assign(c.raw("heads").begin(), c.raw("heads").end());
+  if (c.has("head") && c.raw("head").is_object()) heads.push_back(c.raw("head"));
+  for (const auto& head : heads) {
+    JsonReader h(head, c.source() + ": heads[]");
+    const std::string name = h.get_string("name");
+    if (!model->has_head(name)) model->load_head(case_dir / h.get_string("dir"), name, weights);
+  }
+}
+
+// Training cases: one forward and backward in train mode; the gradients of every parameter that
+// requires one, by name.
+io::TensorMap train_step(AdapterModel& model, const JsonReader& c, const CaseInputs& inputs, io::TensorMap& produced) {
+  JsonReader t(c.raw("train"), c.source() + ": train");
+  const std::string method = t.get_string("method", "train_adapter");
+  const Block setup = composition::parse(t.get_string("train_setup", c.get_string("setup")));
+  if (method == "train_adapter_fusion") {
+    model->train_adapter_fusion(setup);
+  } else {
+    ADAPTERS_CHECK(method == "train_adapter", c.source(), ": unknown train method '", method,
+                   "' (expected train_adapter or train_adapter_fusion)");
+    model->train_adapter(setup);
+  }
+  if (c.has("head_setup") && c.raw("head_setup").is_string()) model->set_active_head(c.get_string("head_setup"));
+  ForwardOptions options;
+  options.head_inputs = inputs.extra;
+  ModelOutput out = model->forward(inputs.model, options);
+  ADAPTERS_CHECK(out.loss.defined(), c.source(), ": the training forward produced no loss (no head or no labels)");
+  out.loss.backward();
+  produced = named_outputs(out, "");
+  io::TensorMap grads;
+  const auto reference_names = model->reference_parameter_names();
+  for (const auto& item : model->named_parameters()) {
+    if (!item.value().requires_grad() || !item.value().grad().defined()) continue;
+    auto renamed = reference_names.find(item.key());
+    grads[renamed == reference_names.end() ? item.key() : renamed->second] = item.value().grad();
+  }
+  return grads;
 }
 
 }  // namespace
@@ -72,37 +139,37 @@ models::ModelInputs read_inputs(const fs::path& case_dir) {
 CaseOutputs run_case(const fs::path& case_dir, WeightsPreference weights) {
   const json spec = read_case(case_dir);
   JsonReader c(spec, (case_dir / "case.json").string());
-  reject_unsupported_features(c);
   const json& wanted = c.raw("outputs");
-  for (auto it = wanted.begin(); it != wanted.end(); ++it) {
-    if (!base_outputs().count(strip_merged(strip_ejected(it.key())))) throw NotSupported(str("output '", it.key(), "' is not supported yet"));
-  }
+  const std::string mode = c.get_string("mode", "eval");
+  ADAPTERS_CHECK(mode == "eval" || mode == "train", c.source(), ": unknown mode '", mode, "' (expected eval or train)");
 
   AdapterModel model = load_pretrained(case_dir / c.get_string("model_dir"));
-  for (const auto& adapter : c.raw("adapters")) {
-    JsonReader a(adapter, c.source() + ": adapters[]");
-    model->load_adapter(case_dir / a.get_string("dir"), a.get_string("name"), weights);
-  }
-  if (c.has("setup")) model->set_active_adapters(c.get_string("setup"));
-
-  model->eval();
-  torch::NoGradGuard no_grad;
-  const models::ModelInputs inputs = read_inputs(case_dir);
-  io::TensorMap produced = base_model_outputs(model, inputs, "");
-  if (wants_ejected(wanted)) {
-    for (const auto& name : composition::parse(c.get_string("setup")).flatten()) model->eject_prefix_tuning(name);
-    produced.merge(base_model_outputs(model, inputs, kEjected));
-  }
-  if (wants_merged(wanted)) {
-    for (const auto& name : composition::parse(c.get_string("setup")).flatten()) model->merge_adapter(name);
-    produced.merge(base_model_outputs(model, inputs, kMerged));
-  }
-
+  load_case_parts(model, case_dir, c, weights);
+  const CaseInputs inputs = read_inputs(case_dir);
   CaseOutputs result;
+  io::TensorMap produced;
+  if (mode == "train") {
+    result.grads = train_step(model, c, inputs, produced);
+  } else {
+    if (c.has("setup")) model->set_active_adapters(c.get_string("setup"));
+    if (c.has("head_setup") && c.raw("head_setup").is_string()) model->set_active_head(c.get_string("head_setup"));
+    model->eval();
+    torch::NoGradGuard no_grad;
+    produced = forward_outputs(model, inputs, "");
+    if (wants_ejected(wanted)) {
+      for (const auto& name : composition::parse(c.get_string("setup")).flatten()) model->eject_prefix_tuning(name);
+      produced.merge(forward_outputs(model, inputs, kEjected));
+    }
+    if (wants_merged(wanted)) {
+      for (const auto& name : composition::parse(c.get_string("setup")).flatten()) model->merge_adapter(name);
+      produced.merge(forward_outputs(model, inputs, kMerged));
+    }
+  }
   for (auto it = wanted.begin(); it != wanted.end(); ++it) {
     ADAPTERS_CHECK(produced.count(it.key()), c.source(), ": the model produced no '", it.key(), "'");
-    result.outputs[it.key()] = produced.at(it.key()).to(torch::kFloat32).contiguous();
+    result.outputs[it.key()] = produced.at(it.key()).detach().to(torch::kFloat32).contiguous();
   }
+  for (auto& [key, g] : result.grads) g = g.detach().to(torch::kFloat32).contiguous();
   return result;
 }
 

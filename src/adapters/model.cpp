@@ -53,23 +53,31 @@ void check_inputs(const ModelInputs& in, std::int64_t vocab_size) {
 }  // namespace
 
 AdapterModelImpl::AdapterModelImpl(const models::ModelConfig& config)
-    : arch_(&models::arch_spec(config.model_type)), base_(arch_->create(config)) {
+    : arch_(&models::arch_spec(config.model_type)),
+      base_(arch_->create(config)),
+      heads_(nn::make_adapter_dict<heads::PredictionHead>()) {
   register_module(arch_->base_prefix, base_);
+  register_module("heads", heads_);
 }
 
 namespace {
 
-// Inputs follow the model to its device.
-ModelInputs on_device(const ModelInputs& in, const torch::Device& device) {
-  auto move = [&](const Tensor& t) { return t.defined() ? t.to(device) : t; };
+// Inputs follow the model to its device; (B,N,T) inputs (multiple choice) become (B*N,T).
+ModelInputs prepare_inputs(const ModelInputs& in, const torch::Device& device) {
+  auto move = [&](const Tensor& t) {
+    if (!t.defined()) return t;
+    Tensor out = t.to(device);
+    return out.dim() > 2 ? out.reshape({-1, out.size(-1)}) : out;
+  };
   return {move(in.input_ids), move(in.attention_mask), move(in.token_type_ids)};
 }
 
 }  // namespace
 
 ModelOutput AdapterModelImpl::forward(const ModelInputs& raw_inputs, const ForwardOptions& options) {
-  check_inputs(raw_inputs, config().vocab_size);
-  const ModelInputs inputs = on_device(raw_inputs, base_->parameters().front().device());
+  ADAPTERS_CHECK(raw_inputs.input_ids.defined(), "forward: input_ids is required");
+  const ModelInputs inputs = prepare_inputs(raw_inputs, base_->parameters().front().device());
+  check_inputs(inputs, config().vocab_size);
   nn::ForwardContext ctx;
   std::optional<Block> override_setup;
   if (options.setup != nullptr) {
@@ -79,9 +87,16 @@ ModelOutput AdapterModelImpl::forward(const ModelInputs& raw_inputs, const Forwa
   } else if (active_) {
     ctx.setup = &*active_;
   }
+  ctx.input_batch_size = inputs.input_ids.size(0);
+  ctx.pad_token_id = config().pad_token_id;
   ctx.output_gating_scores = options.output_gating_scores;
-  models::BaseModelOutput out = base_->forward(inputs, ctx);
-  return {out.last_hidden_state, out.pooler_output, std::move(ctx.gating_scores)};
+  ctx.output_fusion_attentions = options.output_fusion_attentions;
+  models::BaseModelOutput base = base_->forward(inputs, ctx);
+  ModelOutput out{base.last_hidden_state, base.pooler_output};
+  if (!options.skip_heads) run_heads(base, inputs, options, ctx, out);
+  out.gating_scores = std::move(ctx.gating_scores);
+  out.fusion_attentions = std::move(ctx.fusion_attentions);
+  return out;
 }
 
 // ---- adapters -------------------------------------------------------------------------------
@@ -121,6 +136,11 @@ void AdapterModelImpl::add_adapter(const std::string& name, const std::string& c
 
 void AdapterModelImpl::delete_adapter(const std::string& name) {
   ADAPTERS_CHECK(has_adapter(name), "delete_adapter: no adapter named '", name, "' (known: ", join(adapter_names()), ")");
+  // Fusions of this adapter go with it.
+  for (const auto& fusion : adapter_fusion_names()) {
+    const Block fuse = composition::parse("Fuse(" + fusion + ")");
+    if (fuse.contains(name)) delete_adapter_fusion(fusion);
+  }
   base_->delete_adapter(name);
   adapters_.erase(std::find_if(adapters_.begin(), adapters_.end(), [&](const auto& a) { return a.first == name; }));
   if (active_ && active_->contains(name)) active_.reset();
@@ -148,11 +168,22 @@ void AdapterModelImpl::check_setup(const Block& setup) const {
     ADAPTERS_CHECK(has_adapter(name), "adapter setup ", setup.to_string(), ": unknown adapter '", name,
                    "' (known: ", join(adapter_names()), ")");
   }
+  composition::validate(setup);
+  std::function<void(const Block&)> check_fusions = [&](const Block& b) {
+    if (b.type == composition::BlockType::Fuse) {
+      ADAPTERS_CHECK(has_adapter_fusion(b.fusion_name()), "adapter setup ", setup.to_string(), ": no fusion layer '",
+                     b.fusion_name(), "'", " (add it with add_adapter_fusion or load_adapter_fusion first)");
+    }
+    for (const auto& c : b.children) check_fusions(c);
+  };
+  check_fusions(setup);
 }
 
 void AdapterModelImpl::set_active_adapters(const Block& setup) {
   check_setup(setup);
   active_ = composition::normalize_active(setup);
+  // As the reference: the heads named like the setup's last adapter(s) become active.
+  if (auto head_setup = heads_from_setup(*active_)) active_head_ = head_setup;
 }
 
 void AdapterModelImpl::set_active_adapters(const std::string& setup) { set_active_adapters(composition::parse(setup)); }
@@ -186,7 +217,7 @@ std::vector<std::string> AdapterModelImpl::adapter_parameter_names(const std::st
 std::int64_t AdapterModelImpl::base_parameter_count() const {
   std::int64_t count = 0;
   for (const auto& item : named_parameters()) {
-    bool is_adapter = false;
+    bool is_adapter = item.key().rfind(formats::kHeadsPrefix, 0) == 0 || formats::is_fusion_key(item.key());
     for (const auto& a : adapters_) is_adapter = is_adapter || formats::key_belongs_to_adapter(item.key(), a.first);
     if (!is_adapter) count += item.value().numel();
   }
@@ -282,7 +313,7 @@ bool is_pooler_key(const std::string& key) { return key.find(".pooler.") != std:
 
 }  // namespace
 
-AdapterModel load_pretrained(const fs::path& dir) {
+AdapterModel load_pretrained(const fs::path& dir, const std::string& static_head_name) {
   ADAPTERS_CHECK(fs::is_directory(dir), dir.string(), ": not a model folder (expected a folder with config.json)");
   const models::ModelConfig config = models::load_model_config(dir / "config.json");
   AdapterModel model(config);
@@ -317,6 +348,11 @@ AdapterModel load_pretrained(const fs::path& dir) {
   ADAPTERS_CHECK(missing.empty(), weights.string(), ": missing weights for ", join(missing),
                  " (is this a ", config.model_type, " checkpoint?)");
   if (!missing_pooler.empty()) log::warn(str(weights.string(), ": no pooler weights (", join(missing_pooler), "); the pooler keeps its random initialisation"));
+  if (!skipped.empty()) {
+    const std::set<std::string> used = detail::convert_static_head(*model, checkpoint, static_head_name, weights.string());
+    skipped.erase(std::remove_if(skipped.begin(), skipped.end(), [&](const auto& k) { return used.count(k) > 0; }),
+                  skipped.end());
+  }
   if (!skipped.empty()) log::info(str(weights.string(), ": keys outside the base model, not loaded: ", join(skipped)));
   model->eval();
   return model;

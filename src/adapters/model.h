@@ -10,10 +10,13 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "adapters/composition/setup.h"
+#include "adapters/heads/heads.h"
+#include "adapters/nn/fusion.h"
 #include "adapters/io/tensors.h"
 #include "adapters/methods/adapter_config.h"
 #include "adapters/models/base_model.h"
@@ -25,15 +28,30 @@ namespace fs = std::filesystem;
 using composition::Block;
 using models::ModelInputs;
 
+using HeadTensors = std::map<std::string, torch::Tensor>;
+
 struct ModelOutput {
-  torch::Tensor last_hidden_state;  // (B,T,C)
+  torch::Tensor last_hidden_state;  // (B,T,C); (n*B,T,C) under Parallel
   torch::Tensor pooler_output;      // (B,C) or undefined
+  // The head's outputs ("logits", "start_logits", ...) when one head ran; with several heads
+  // (Parallel, BatchSplit) head_outputs[i] holds head i's outputs on its share of the batch.
+  HeadTensors head;
+  std::vector<HeadTensors> head_outputs;
+  torch::Tensor loss;               // the head's loss (summed over heads) when targets were given
   nn::ScoreCache gating_scores;     // when asked for
+  nn::ScoreCache fusion_attentions; // when asked for: fusion -> layer -> location -> (B,T,N)
 };
 
 struct ForwardOptions {
   const Block* setup = nullptr;  // overrides the active setup for this call (normalised like set_active)
   bool output_gating_scores = false;
+  bool output_fusion_attentions = false;
+  // Heads: `head` runs that head; otherwise the active head setup runs (none: no head).
+  std::string head;
+  bool skip_heads = false;
+  // Targets and extra head inputs by the reference's names: "labels", "start_positions",
+  // "end_positions", "labels_arcs", "labels_rels", "word_starts".
+  HeadTensors head_inputs;
 };
 
 struct AdapterSummaryRow {
@@ -82,10 +100,13 @@ class AdapterModelImpl : public torch::nn::Module {
   io::TensorMap adapter_state_dict(const std::string& name) const;
   void load_adapter_state_dict(const std::string& name, const io::TensorMap& tensors, const std::string& source);
 
-  void save_adapter(const fs::path& dir, const std::string& name) const;
-  // Loads an AdapterHub folder; returns the adapter's name (load_as when given).
+  // Writes the adapter (and, with_head, the head of the same name when there is one) to `dir`.
+  void save_adapter(const fs::path& dir, const std::string& name, bool with_head = true) const;
+  // Loads an AdapterHub folder (and, with_head, the head saved beside it); returns the adapter's
+  // name (load_as when given; the head takes the same name).
   std::string load_adapter(const fs::path& dir, const std::string& load_as = "",
-                           WeightsPreference weights = WeightsPreference::Safetensors, bool set_active = false);
+                           WeightsPreference weights = WeightsPreference::Safetensors, bool set_active = false,
+                           bool with_head = true);
 
   // Turns a reparametrised prefix-tuning adapter into a flat one with identical outputs (its
   // config becomes flat). Implemented in methods/prefix_tuning.cpp.
@@ -110,6 +131,57 @@ class AdapterModelImpl : public torch::nn::Module {
                        std::vector<double> weights = {}, const std::string& combine_strategy = "linear",
                        bool normalize_weights = true, std::int64_t svd_rank = 0);
 
+  // Our parameter name -> the name PyTorch gives it in the reference, where they differ (modules
+  // the reference registers under several paths, such as the prefix-tuning pool).
+  std::map<std::string, std::string> reference_parameter_names() const;
+
+  // ---- prediction heads (model_heads.cpp) ----
+  // Adds a head of a registered type with the reference's options (num_labels, layers,
+  // activation_function, use_pooler, bias, id2label/label2id, num_choices, multilabel, ...).
+  void add_head(const std::string& name, const std::string& type, const nlohmann::json& options = nlohmann::json::object(),
+                bool overwrite_ok = false, bool set_active = true);
+  void add_classification_head(const std::string& name, std::int64_t num_labels, bool multilabel = false,
+                               bool overwrite_ok = false);
+  void delete_head(const std::string& name);
+  bool has_head(const std::string& name) const;
+  std::vector<std::string> head_names() const;
+  heads::PredictionHead& head(const std::string& name) const;
+  // "name", or a Parallel / BatchSplit of head names: one head per branch.
+  void set_active_head(const Block& head_setup);
+  void set_active_head(const std::string& head_setup);
+  const std::optional<Block>& active_head() const { return active_head_; }
+  io::TensorMap head_state_dict(const std::string& name) const;
+  void save_head(const fs::path& dir, const std::string& name) const;
+  std::string load_head(const fs::path& dir, const std::string& load_as = "",
+                        WeightsPreference weights = WeightsPreference::Safetensors);
+
+  // ---- AdapterFusion (model_heads.cpp) ----
+  // Adds fusion layers for a Fuse block ("Fuse(a, b)" or its adapters "a,b") with the config
+  // "static", "dynamic" or an object of options.
+  void add_adapter_fusion(const Block& fuse, const nlohmann::json& config = "dynamic", bool overwrite_ok = false,
+                          bool set_active = false);
+  void delete_adapter_fusion(const std::string& fusion_name);
+  bool has_adapter_fusion(const std::string& fusion_name) const;
+  std::vector<std::string> adapter_fusion_names() const;
+  const nn::FusionConfig& adapter_fusion_config(const std::string& fusion_name) const;
+  // Freezes the base model (and the fused adapters unless unfreeze_adapters), unfreezes the
+  // setup's fusion layers, activates the setup, train mode.
+  void train_adapter_fusion(const Block& setup, bool unfreeze_adapters = false);
+  io::TensorMap adapter_fusion_state_dict(const std::string& fusion_name) const;
+  void save_adapter_fusion(const fs::path& dir, const std::string& fusion_name) const;
+  // Loads a fusion folder (adapter_fusion_config.json + weights); returns the fusion's name.
+  std::string load_adapter_fusion(const fs::path& dir, WeightsPreference weights = WeightsPreference::Safetensors,
+                                  bool set_active = false);
+  // Sum over fusion layers with a value matrix and regularization on of 0.01 * ||I - W_value||^2.
+  torch::Tensor fusion_regularization_loss() const;
+
+  // ---- whole setups (model_heads.cpp) ----
+  // Saves every adapter of `setup` (dir/<adapter>), its fusions (dir/<a,b>), the heads of
+  // `head_setup` (dir/<head>) and adapter_setup.json describing both.
+  void save_adapter_setup(const fs::path& dir, const Block& setup, const std::optional<Block>& head_setup = {}) const;
+  // Loads what save_adapter_setup wrote and activates it; returns the setup.
+  Block load_adapter_setup(const fs::path& dir, WeightsPreference weights = WeightsPreference::Safetensors);
+
   // ---- the base model ----
   models::BaseModelImpl& base() const { return *base_; }
   const models::ModelConfig& config() const { return base_->config(); }
@@ -119,17 +191,36 @@ class AdapterModelImpl : public torch::nn::Module {
  private:
   std::vector<std::string> adapter_parameter_names(const std::string& name) const;
   void check_setup(const Block& setup) const;
+  // The head setup the reference derives from an adapter setup (its last adapter, or one head
+  // per branch of a final Parallel / BatchSplit), when those heads exist.
+  std::optional<Block> heads_from_setup(const Block& setup) const;
+  void run_heads(const models::BaseModelOutput& base, const ModelInputs& inputs, const ForwardOptions& options,
+                 nn::ForwardContext& ctx, ModelOutput& out);
+  heads::HeadContext head_context() const;
 
   const models::ArchSpec* arch_;
   std::shared_ptr<models::BaseModelImpl> base_;
   std::vector<std::pair<std::string, methods::AdapterConfig>> adapters_;  // in order of adding
   std::optional<Block> active_;
+  nn::AdapterDict<heads::PredictionHead> heads_;
+  std::optional<Block> active_head_;
+  std::vector<std::pair<std::string, nn::FusionConfig>> fusions_;  // by fusion name, in order of adding
 };
 TORCH_MODULE(AdapterModel);
 
 // Loads an HF model folder (config.json + model.safetensors / pytorch_model.bin / sharded index).
 // Base-model keys load with or without their prefix; missing base weights are an error naming
-// them, keys outside the base model (heads) are reported and skipped.
-AdapterModel load_pretrained(const fs::path& dir);
+// them. A checkpoint of a model class with a static head (config "architectures", e.g.
+// BertForSequenceClassification with classifier.*) gets that head as a flexible head named
+// `static_head_name` with identical outputs; other keys outside the base model are reported and
+// skipped.
+AdapterModel load_pretrained(const fs::path& dir, const std::string& static_head_name = "default");
+
+namespace detail {
+// Converts the static head of the checkpoint's architecture (config "architectures") into a
+// flexible head named `head_name`; returns the checkpoint keys it used (empty: no static head).
+std::set<std::string> convert_static_head(AdapterModelImpl& model, const io::TensorMap& checkpoint,
+                                          const std::string& head_name, const std::string& source);
+}  // namespace detail
 
 }  // namespace adapters

@@ -7,6 +7,10 @@
 #include <map>
 #include <sstream>
 
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <set>
+
 #include "adapters/core/error.h"
 
 namespace adapters::composition {
@@ -242,6 +246,126 @@ bool Block::operator==(const Block& o) const {
 }
 
 Block parse(const std::string& text) { return Parser(text).parse_all(); }
+
+namespace {
+
+const std::set<BlockType>& allowed_members(BlockType parent) {
+  using T = BlockType;
+  static const std::map<T, std::set<T>> allowed = {
+      {T::Stack, {T::Adapter, T::Fuse, T::Split, T::Parallel, T::BatchSplit, T::Average}},
+      {T::Fuse, {T::Adapter, T::Stack}},
+      {T::Split, {T::Adapter, T::Split, T::Stack, T::BatchSplit, T::Average}},
+      {T::Parallel, {T::Adapter, T::Stack, T::BatchSplit, T::Average}},
+      {T::BatchSplit, {T::Adapter, T::Stack, T::Split, T::BatchSplit, T::Average}},
+      {T::Average, {T::Adapter, T::Stack, T::Split, T::BatchSplit}},
+      {T::Adapter, {}}};
+  return allowed.at(parent);
+}
+
+void check_options(const Block& b, const std::string& whole) {
+  const std::string where = str("adapter setup ", whole, ": ", b.to_string());
+  switch (b.type) {
+    case BlockType::Split:
+      ADAPTERS_CHECK(b.children.size() == 2, where, ": Split takes exactly two members, found ", b.children.size());
+      ADAPTERS_CHECK(b.split_index > 0, where, ": split_index must be positive, found ", b.split_index);
+      break;
+    case BlockType::BatchSplit:
+      ADAPTERS_CHECK(b.batch_sizes.size() == b.children.size(), where, ": expected one batch size per member (",
+                     b.children.size(), "), found ", b.batch_sizes.size());
+      for (auto n : b.batch_sizes) ADAPTERS_CHECK(n >= 0, where, ": batch sizes must not be negative, found ", n);
+      break;
+    case BlockType::Average:
+      ADAPTERS_CHECK(b.weights.empty() || b.weights.size() == b.children.size(), where,
+                     ": expected one weight per member (", b.children.size(), "), found ", b.weights.size());
+      break;
+    default: break;
+  }
+}
+
+void validate_at(const Block& b, int level, const std::string& whole) {
+  if (b.is_adapter()) return;
+  if (level > 1 && b.type != BlockType::Stack) {
+    throw Error(str("adapter setup ", whole, " is too deep: cannot have ", b.to_string(), " at level ", level));
+  }
+  check_options(b, whole);
+  for (const Block& child : b.children) {
+    if (!allowed_members(b.type).count(child.type)) {
+      throw Error(str("adapter setup ", whole, ": cannot nest ", block_type_name(child.type), " ", child.to_string(),
+                      " in ", block_type_name(b.type)),
+                  str(block_type_name(b.type), " may hold ",
+                      b.type == BlockType::Fuse ? "adapters and Stack" : "adapters and the blocks listed in docs/composition.md"));
+    }
+    validate_at(child, level + 1, whole);
+  }
+}
+
+nlohmann::json block_json(const Block& b) {
+  if (b.is_adapter()) return b.name;
+  nlohmann::json children = nlohmann::json::array();
+  for (const auto& c : b.children) children.push_back(block_json(c));
+  nlohmann::json j = {{"type", block_type_name(b.type)}, {"children", children}};
+  if (b.type == BlockType::Split) j["split_index"] = b.split_index;
+  if (b.type == BlockType::BatchSplit) j["batch_sizes"] = b.batch_sizes;
+  if (b.type == BlockType::Average && !b.weights.empty()) j["weights"] = b.weights;
+  return j;
+}
+
+Block block_from_json(const nlohmann::json& j, const std::string& source) {
+  if (j.is_string()) return Block::adapter(j.get<std::string>());
+  ADAPTERS_CHECK(j.is_object() && j.contains("type") && j.contains("children") && j["children"].is_array(), source,
+                 ": expected an adapter name or {\"type\": ..., \"children\": [...]}, found ", j.dump());
+  const std::string type = j["type"].is_string() ? j["type"].get<std::string>() : "";
+  auto it = block_names().find(type);
+  ADAPTERS_CHECK(it != block_names().end(), source, ": unknown block type '", j["type"].dump(),
+                 "' (known: Stack, Fuse, Split, BatchSplit, Parallel, Average)");
+  std::vector<Block> children;
+  for (const auto& c : j["children"]) children.push_back(block_from_json(c, source));
+  Block b = Block::of(it->second, std::move(children));
+  try {
+    if (j.contains("split_index")) b.split_index = j["split_index"].get<std::int64_t>();
+    if (j.contains("batch_sizes")) b.batch_sizes = j["batch_sizes"].get<std::vector<std::int64_t>>();
+    if (j.contains("weights") && !j["weights"].is_null()) b.weights = j["weights"].get<std::vector<double>>();
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(str(source, ": bad option of ", type, ": ", e.what()));
+  }
+  return b;
+}
+
+}  // namespace
+
+void validate(const Block& setup) { validate_at(setup, 0, setup.to_string()); }
+
+std::vector<double> average_weights(const Block& average) {
+  const auto n = average.children.size();
+  if (average.weights.empty()) return std::vector<double>(n, 1.0 / static_cast<double>(n));
+  double sum = 0.0;
+  for (double w : average.weights) sum += w;
+  ADAPTERS_CHECK(std::abs(sum) > 1e-12, "adapter setup ", average.to_string(), ": the weights sum to 0, cannot normalise");
+  std::vector<double> out;
+  for (double w : average.weights) out.push_back(w / sum);
+  return out;
+}
+
+std::int64_t parallel_channels(const Block& setup) {
+  if (setup.type == BlockType::Parallel) return static_cast<std::int64_t>(setup.children.size());
+  std::int64_t n = 1;
+  if (setup.type == BlockType::Stack) {
+    for (const auto& c : setup.children) n = std::max(n, parallel_channels(c));
+  }
+  return n;
+}
+
+std::string to_json(const Block& setup) { return block_json(setup).dump(); }
+
+Block from_json(const std::string& json_text, const std::string& source) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(json_text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(str(source, ": not valid JSON: ", e.what()));
+  }
+  return block_from_json(j, source);
+}
 
 Block normalize_active(Block setup) {
   if (setup.is_adapter()) return Block::of(BlockType::Stack, {std::move(setup)});

@@ -3,6 +3,7 @@
 // e.g. "Stack(a, Fuse(b, c))", "Split(a, b, split_index=3)", "BatchSplit(a, b, batch_sizes=[1, 2])".
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,26 @@ struct Block {
 
 // Parses a setup string. A bare name "a" parses to an adapter leaf. Errors name the position.
 Block parse(const std::string& text);
+
+// Checks the reference's nesting rules (which block may hold which, and how deep): Stack holds
+// adapters, Fuse, Split, Parallel, BatchSplit, Average; Fuse holds adapters and Stack; Split
+// holds adapters, Split, Stack, BatchSplit, Average; Parallel holds adapters, Stack, BatchSplit,
+// Average; BatchSplit holds adapters, Stack, Split, BatchSplit, Average; Average holds adapters,
+// Stack, Split, BatchSplit. Below level 1 only Stack may hold blocks. Also checks each block's
+// options (Split has two members and split_index > 0; BatchSplit has one positive size per
+// member; Average has one weight per member and a non-zero sum). Throws an Error naming the setup.
+void validate(const Block& setup);
+
+// Average's weights, normalised to sum 1 (equal weights when none are given).
+std::vector<double> average_weights(const Block& average);
+
+// How many copies of the batch a Parallel block of this setup makes (1 without Parallel).
+std::int64_t parallel_channels(const Block& setup);
+
+// The reference's JSON form of a setup ({"type": "Stack", "children": [...], ...}; an adapter
+// is its name), as adapter_setup.json holds it, and back.
+std::string to_json(const Block& setup);
+Block from_json(const std::string& json_text, const std::string& source);
 
 // What set_active_adapters makes of a setup, as the reference does: a single adapter becomes
 // Stack(adapter); a block is kept.

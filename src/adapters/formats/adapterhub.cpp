@@ -19,6 +19,13 @@ constexpr const char* kConfigFile = "adapter_config.json";
 constexpr const char* kSafetensorsFile = "adapter.safetensors";
 constexpr const char* kBinFile = "pytorch_adapter.bin";
 constexpr const char* kSharedFile = "shared_parameters.safetensors";  // Compacter's shared parameters
+constexpr const char* kHeadConfigFile = "head_config.json";
+constexpr const char* kHeadSafetensorsFile = "head.safetensors";
+constexpr const char* kHeadBinFile = "pytorch_model_head.bin";
+constexpr const char* kFusionConfigFile = "adapter_fusion_config.json";
+constexpr const char* kFusionSafetensorsFile = "adapter_fusion.safetensors";
+constexpr const char* kFusionBinFile = "pytorch_model_adapter_fusion.bin";
+constexpr const char* kSetupFile = "adapter_setup.json";
 constexpr const char* kFormatVersion = "3.2.1";  // the reference version whose format we write
 
 std::string unique_suffix() {
@@ -63,12 +70,43 @@ json read_json_file(const fs::path& path) {
   return parse_json_file_text(io::read_text_file(path), path.string());
 }
 
-fs::path choose_weights(const fs::path& dir, WeightsPreference preference) {
-  const fs::path st = dir / kSafetensorsFile, bin = dir / kBinFile;
+fs::path choose_weights(const fs::path& dir, WeightsPreference preference, const char* safetensors_file = kSafetensorsFile,
+                        const char* bin_file = kBinFile, const char* what = "adapter") {
+  const fs::path st = dir / safetensors_file, bin = dir / bin_file;
   const bool has_st = fs::exists(st), has_bin = fs::exists(bin);
-  ADAPTERS_CHECK(has_st || has_bin, dir.string(), ": no adapter weights (expected ", kSafetensorsFile, " or ", kBinFile, ")");
+  ADAPTERS_CHECK(has_st || has_bin, dir.string(), ": no ", what, " weights (expected ", safetensors_file, " or ", bin_file, ")");
   if (has_st && has_bin) return preference == WeightsPreference::Bin ? bin : st;
   return has_st ? st : bin;
+}
+
+using FileWriters = std::vector<std::pair<std::string, std::function<void(const fs::path&)>>>;
+
+// The common part of the reference's *_config.json files.
+json file_header(const AdapterModelImpl& model, const std::string& name, json config) {
+  return {{"config", std::move(config)},         {"hidden_size", model.config().hidden_size},
+          {"model_class", model.arch().model_class}, {"model_name", nullptr},
+          {"model_type", model.config().model_type}, {"name", name},
+          {"version", kFormatVersion}};
+}
+
+void check_hidden_size(const AdapterModelImpl& model, const JsonReader& reader, const fs::path& path, const char* what) {
+  if (!reader.has("hidden_size")) return;
+  const std::int64_t hidden = reader.get_int("hidden_size");
+  ADAPTERS_CHECK(hidden == model.config().hidden_size, path.string(), ": the ", what, " was trained for hidden size ",
+                 hidden, ", this model has ", model.config().hidden_size);
+}
+
+// The files of a head: head_config.json and head.safetensors (the .bin of an earlier save is removed).
+FileWriters head_files(const AdapterModelImpl& model, const std::string& name, json& file, io::TensorMap& tensors) {
+  file = file_header(model, name, model.head(name).config());
+  for (const auto& [key, t] : model.head_state_dict(name)) tensors[key] = t.detach();
+  return {{kHeadConfigFile, [&file](const fs::path& p) { io::write_file_atomic(p, file.dump(2)); }},
+          {kHeadSafetensorsFile, [&tensors](const fs::path& p) { io::write_safetensors(p, tensors, io::Metadata{{"format", "pt"}}); }}};
+}
+
+void remove_outdated(const fs::path& dir, const char* file) {
+  std::error_code ignored;
+  if (fs::remove(dir / file, ignored)) log::info(str(dir.string(), ": removed the outdated ", file));
 }
 
 // Adds Compacter's shared parameters of adapter `name` (saved as `saved_name`) to `renamed`, read
@@ -106,7 +144,7 @@ std::vector<std::pair<std::string, std::string>> key_aliases(const methods::Adap
 
 }  // namespace
 
-void AdapterModelImpl::save_adapter(const fs::path& dir, const std::string& name) const {
+void AdapterModelImpl::save_adapter(const fs::path& dir, const std::string& name, bool with_head) const {
   const methods::AdapterConfig& config = adapter_config(name);
   json file = {{"config", config.values},         {"hidden_size", this->config().hidden_size},
                {"model_class", arch().model_class}, {"model_name", nullptr},
@@ -131,7 +169,14 @@ void AdapterModelImpl::save_adapter(const fs::path& dir, const std::string& name
       {kSafetensorsFile, [&](const fs::path& p) { io::write_safetensors(p, tensors, metadata); }},
   };
   if (!shared.empty()) files.emplace_back(kSharedFile, [&](const fs::path& p) { io::write_safetensors(p, shared, io::Metadata{{"format", "pt"}}); });
+  json head_file;
+  io::TensorMap head_tensors;
+  const bool head = with_head && has_head(name);
+  if (head) {
+    for (auto& f : head_files(*this, name, head_file, head_tensors)) files.push_back(std::move(f));
+  }
   write_folder_atomic(dir, files);
+  if (head) remove_outdated(dir, kHeadBinFile);
   // A .bin from an earlier save would now disagree with the safetensors: remove it.
   std::error_code ignored;
   if (fs::remove(dir / kBinFile, ignored)) log::info(str(dir.string(), ": removed the outdated ", kBinFile));
@@ -141,7 +186,7 @@ void AdapterModelImpl::save_adapter(const fs::path& dir, const std::string& name
 }
 
 std::string AdapterModelImpl::load_adapter(const fs::path& dir, const std::string& load_as, WeightsPreference weights,
-                                           bool set_active) {
+                                           bool set_active, bool with_head) {
   const fs::path config_path = dir / kConfigFile;
   const json file = read_json_file(config_path);
   JsonReader reader(file, config_path.string());
@@ -170,16 +215,186 @@ std::string AdapterModelImpl::load_adapter(const fs::path& dir, const std::strin
     renamed[ours] = tensor;
   }
 
+  const bool head = with_head && fs::exists(dir / kHeadConfigFile);
+  ADAPTERS_CHECK(!head || !has_head(name), "load_adapter: ", dir.string(), " holds a head and a head named '", name,
+                 "' already exists (delete it, pass load_as or with_head=false)");
   add_adapter(name, config);
   try {
     add_shared_parameters(*this, dir, saved_name, name, renamed);
     load_adapter_state_dict(name, renamed, weights_path.string());
+    if (head) load_head(dir, name, weights);
   } catch (...) {
     delete_adapter(name);
     throw;
   }
   if (set_active) set_active_adapters(Block::adapter(name));
   return name;
+}
+
+std::map<std::string, std::string> AdapterModelImpl::reference_parameter_names() const {
+  // A module registered under several paths (the prefix-tuning pool, shared by every layer) is
+  // named by PyTorch after its first path in module order: the alias of the lowest layer.
+  std::map<std::string, std::string> names;
+  for (const auto& name : adapter_names()) {
+    for (const auto& [alias, canonical] : key_aliases(adapter_config(name), base())) {
+      for (const auto& [key, t] : adapter_state_dict(name)) {
+        const std::size_t at = key.find(canonical);
+        if (at == std::string::npos) continue;
+        const std::string aliased = key.substr(0, at) + alias + key.substr(at + canonical.size());
+        auto it = names.find(key);
+        if (it == names.end() || aliased < it->second) names[key] = aliased;
+      }
+    }
+  }
+  return names;
+}
+
+// ---- heads ----------------------------------------------------------------------------------
+
+void AdapterModelImpl::save_head(const fs::path& dir, const std::string& name) const {
+  json file;
+  io::TensorMap tensors;
+  write_folder_atomic(dir, head_files(*this, name, file, tensors));
+  remove_outdated(dir, kHeadBinFile);
+}
+
+std::string AdapterModelImpl::load_head(const fs::path& dir, const std::string& load_as, WeightsPreference weights) {
+  const fs::path config_path = dir / kHeadConfigFile;
+  const json file = read_json_file(config_path);
+  JsonReader reader(file, config_path.string());
+  const std::string saved_name = reader.get_string("name");
+  const std::string name = load_as.empty() ? saved_name : load_as;
+  check_hidden_size(*this, reader, config_path, "head");
+  ADAPTERS_CHECK(!has_head(name), "load_head: a head named '", name, "' already exists (pass load_as)");
+  const json& config = reader.raw("config");
+  ADAPTERS_CHECK(config.is_object() && config.contains("head_type"), config_path.string(),
+                 ": 'config' must be an object with 'head_type', found ", config.dump());
+  const fs::path weights_path = choose_weights(dir, weights, kHeadSafetensorsFile, kHeadBinFile, "head");
+  io::TensorMap renamed;
+  for (const auto& [key, t] : io::read_checkpoint(weights_path)) renamed[formats::rename_head(key, saved_name, name)] = t;
+
+  add_head(name, config["head_type"].get<std::string>(), config, false, false);
+  try {
+    const io::TensorMap expected = head_state_dict(name);
+    std::vector<std::string> missing, unexpected;
+    for (const auto& [key, p] : expected) {
+      if (!renamed.count(key)) missing.push_back(key);
+    }
+    for (const auto& [key, t] : renamed) {
+      if (!expected.count(key)) unexpected.push_back(key);
+    }
+    ADAPTERS_CHECK(missing.empty() && unexpected.empty(), weights_path.string(), ": head '", name,
+                   "' weights do not match its config: missing ", missing.size(), ", unexpected ", unexpected.size(),
+                   missing.empty() ? "" : " (first missing: " + missing.front() + ")",
+                   unexpected.empty() ? "" : " (first unexpected: " + unexpected.front() + ")");
+    torch::NoGradGuard no_grad;
+    for (const auto& [key, p] : expected) {
+      const auto& t = renamed.at(key);
+      ADAPTERS_CHECK(t.sizes() == p.sizes(), weights_path.string(), ": weight '", key, "' has shape ", t.sizes(),
+                     ", the head expects ", p.sizes());
+      const_cast<torch::Tensor&>(p).copy_(t);
+    }
+  } catch (...) {
+    delete_head(name);
+    throw;
+  }
+  set_active_head(Block::adapter(name));
+  return name;
+}
+
+// ---- fusion ---------------------------------------------------------------------------------
+
+void AdapterModelImpl::save_adapter_fusion(const fs::path& dir, const std::string& name) const {
+  const json file = file_header(*this, name, adapter_fusion_config(name).to_json());
+  io::TensorMap tensors;
+  for (const auto& [key, t] : adapter_fusion_state_dict(name)) tensors[key] = t.detach();
+  write_folder_atomic(dir, {{kFusionConfigFile, [&](const fs::path& p) { io::write_file_atomic(p, file.dump(2)); }},
+                            {kFusionSafetensorsFile, [&](const fs::path& p) {
+                               io::write_safetensors(p, tensors, io::Metadata{{"format", "pt"}});
+                             }}});
+  remove_outdated(dir, kFusionBinFile);
+}
+
+std::string AdapterModelImpl::load_adapter_fusion(const fs::path& dir, WeightsPreference weights, bool set_active) {
+  const fs::path config_path = dir / kFusionConfigFile;
+  const json file = read_json_file(config_path);
+  JsonReader reader(file, config_path.string());
+  const std::string name = reader.get_string("name");
+  check_hidden_size(*this, reader, config_path, "fusion");
+  const Block fuse = composition::parse("Fuse(" + name + ")");
+  const fs::path weights_path = choose_weights(dir, weights, kFusionSafetensorsFile, kFusionBinFile, "fusion");
+  io::TensorMap renamed;
+  for (const auto& [key, t] : io::read_checkpoint(weights_path)) renamed[formats::to_base_prefix(key, arch().base_prefix)] = t;
+  add_adapter_fusion(fuse, reader.raw("config"));
+  try {
+    const io::TensorMap expected = adapter_fusion_state_dict(name);
+    for (const auto& [key, t] : renamed) {
+      ADAPTERS_CHECK(expected.count(key), weights_path.string(), ": weight '", key, "' does not belong to fusion '", name,
+                     "' (do the fused adapters exist with the same placement?)");
+    }
+    torch::NoGradGuard no_grad;
+    for (const auto& [key, p] : expected) {
+      ADAPTERS_CHECK(renamed.count(key), weights_path.string(), ": fusion '", name, "' lacks the weight '", key, "'");
+      ADAPTERS_CHECK(renamed.at(key).sizes() == p.sizes(), weights_path.string(), ": weight '", key, "' has shape ",
+                     renamed.at(key).sizes(), ", expected ", p.sizes());
+      const_cast<torch::Tensor&>(p).copy_(renamed.at(key));
+    }
+  } catch (...) {
+    delete_adapter_fusion(name);
+    throw;
+  }
+  if (set_active) set_active_adapters(fuse);
+  return name;
+}
+
+// ---- whole setups ---------------------------------------------------------------------------
+
+void AdapterModelImpl::save_adapter_setup(const fs::path& dir, const Block& setup,
+                                          const std::optional<Block>& head_setup) const {
+  check_setup(setup);
+  fs::create_directories(dir);
+  for (const auto& name : setup.flatten()) save_adapter(dir / name, name, /*with_head=*/false);
+  std::function<void(const Block&)> save_fusions = [&](const Block& b) {
+    if (b.type == composition::BlockType::Fuse) save_adapter_fusion(dir / b.fusion_name(), b.fusion_name());
+    for (const auto& c : b.children) save_fusions(c);
+  };
+  save_fusions(setup);
+  json heads_json = nullptr;
+  if (head_setup) {
+    for (const auto& name : head_setup->flatten()) save_head(dir / name, name);
+    heads_json = json::parse(composition::to_json(*head_setup));
+  }
+  const json file = {{"adapter_setup", json::parse(composition::to_json(setup))}, {"head_setup", heads_json}};
+  io::write_file_atomic(dir / kSetupFile, file.dump(2));
+}
+
+Block AdapterModelImpl::load_adapter_setup(const fs::path& dir, WeightsPreference weights) {
+  const fs::path path = dir / kSetupFile;
+  const json file = read_json_file(path);
+  ADAPTERS_CHECK(file.is_object() && file.contains("adapter_setup"), path.string(), ": expected an object with 'adapter_setup'");
+  const Block setup = composition::from_json(file["adapter_setup"].dump(), path.string() + ": adapter_setup");
+  std::optional<Block> head_setup;
+  if (file.contains("head_setup") && !file["head_setup"].is_null()) {
+    head_setup = composition::from_json(file["head_setup"].dump(), path.string() + ": head_setup");
+  }
+  for (const auto& name : setup.flatten()) {
+    if (!has_adapter(name)) load_adapter(dir / name, name, weights, false, /*with_head=*/false);
+  }
+  std::function<void(const Block&)> load_fusions = [&](const Block& b) {
+    if (b.type == composition::BlockType::Fuse && !has_adapter_fusion(b.fusion_name())) {
+      load_adapter_fusion(dir / b.fusion_name(), weights);
+    }
+    for (const auto& c : b.children) load_fusions(c);
+  };
+  load_fusions(setup);
+  if (head_setup) {
+    for (const auto& name : head_setup->flatten()) {
+      if (!has_head(name)) load_head(dir / name, name, weights);
+    }
+  }
+  set_active_adapters(setup);
+  if (head_setup) set_active_head(*head_setup);
+  return setup;
 }
 
 }  // namespace adapters

@@ -24,6 +24,22 @@ bool is_shared_parameter(const std::string& key) {
   return ("." + key).find(".shared_parameters.") != std::string::npos;
 }
 
+bool key_belongs_to_fusion(const std::string& key, const std::string& fusion) {
+  return ("." + key).find(".adapter_fusion_layer." + fusion + ".") != std::string::npos;
+}
+
+bool is_fusion_key(const std::string& key) { return ("." + key).find(".adapter_fusion_layer.") != std::string::npos; }
+
+bool key_belongs_to_head(const std::string& key, const std::string& head) {
+  return key.rfind(std::string(kHeadsPrefix) + head + ".", 0) == 0;
+}
+
+std::string rename_head(const std::string& key, const std::string& from, const std::string& to) {
+  const std::string old_prefix = std::string(kHeadsPrefix) + from + ".";
+  if (key.rfind(old_prefix, 0) != 0) return key;
+  return std::string(kHeadsPrefix) + to + "." + key.substr(old_prefix.size());
+}
+
 std::string rename_adapter(const std::string& key, const std::string& from, const std::string& to) {
   std::string out = "." + key;
   for (const auto& c : adapter_containers()) {

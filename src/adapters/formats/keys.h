@@ -19,6 +19,17 @@ bool key_belongs_to_adapter(const std::string& key, const std::string& name);
 // "shared_parameters.<name>."), which the reference saves apart in shared_parameters.safetensors.
 bool is_shared_parameter(const std::string& key);
 
+// Whether `key` is a parameter of the fusion layers named `fusion` ("a,b"):
+// "...adapter_fusion_layer.a,b.query.weight".
+bool key_belongs_to_fusion(const std::string& key, const std::string& fusion);
+bool is_fusion_key(const std::string& key);
+
+// Heads live at the model's top level: "heads.<name>.<...>".
+inline constexpr const char* kHeadsPrefix = "heads.";
+bool key_belongs_to_head(const std::string& key, const std::string& head);
+// Renames the head in a head key: heads.<from>.x -> heads.<to>.x (other keys unchanged).
+std::string rename_head(const std::string& key, const std::string& from, const std::string& to);
+
 // Renames the adapter `from` to `to` inside a key (the reference's load_as).
 std::string rename_adapter(const std::string& key, const std::string& from, const std::string& to);
 

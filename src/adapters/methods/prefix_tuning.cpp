@@ -2,6 +2,7 @@
 // every layer's prefix once per forward, the per-layer modules at the attention sites, the
 // aliases the reference writes for the pool, and eject_prefix_tuning.
 #include "adapters/methods/prefix_tuning.h"
+#include "adapters/nn/residual_site.h"
 
 #include <torch/torch.h>
 
@@ -164,21 +165,36 @@ PrefixTuningLayerImpl::PrefixTuningLayerImpl(std::string adapter, std::int64_t p
   gate_bias_ = register_parameter("bias", torch::empty({outputs}).uniform_(-bound, bound));
 }
 
-nn::AttentionState PrefixTuningLayerImpl::apply(const nn::AttentionState& state, const Tensor& hidden,
-                                                std::int64_t layer, const std::string& location,
-                                                nn::ForwardContext& ctx) {
+namespace {
+
+// The prefix states' rows for a state that may be a share of the batch (BatchSplit) or one of
+// its Parallel copies: prefix states have one row per row of the model's input.
+Tensor rows_for(const Tensor& t, const nn::AttentionState& s) {
+  const std::int64_t batch = s.key.size(0);
+  if (t.size(0) == batch) return t;
+  const std::int64_t offset = s.row_offset % t.size(0);
+  if (offset + batch <= t.size(0)) return t.narrow(0, offset, batch);
+  return nn::match_batch(t, s.key);
+}
+
+}  // namespace
+
+nn::AttentionState PrefixTuningLayerImpl::apply(const nn::AttentionState& state, std::int64_t layer,
+                                                const std::string& location, nn::ForwardContext& ctx) {
   auto adapter_states = ctx.prefix_states.find(adapter_);
   ADAPTERS_CHECK(adapter_states != ctx.prefix_states.end() && adapter_states->second.count(location),
                  "prefix tuning '", adapter_, "': no prefix states for ", location, " in this forward pass");
   const nn::PrefixKV& kv = adapter_states->second.at(location).at(static_cast<std::size_t>(prefix_id_));
-  Tensor key = kv.key, value = kv.value;  // (B,H,P,D)
+  Tensor key = rows_for(kv.key, state), value = rows_for(kv.value, state);  // (B,H,P,D)
   if (gate_weight_.defined()) {
-    Tensor gate = torch::sigmoid(torch::linear(hidden, gate_weight_, gate_bias_)).mean(1);  // (B,T,G) -> (B,G)
+    Tensor gate = torch::sigmoid(torch::linear(state.hidden, gate_weight_, gate_bias_)).mean(1);  // (B,T,G) -> (B,G)
     if (ctx.output_gating_scores) ctx.gating_scores[adapter_][layer][location] = gate.detach();
     key = key * gate.select(1, 0).view({-1, 1, 1, 1});
     value = value * gate.select(1, gate.size(1) - 1).view({-1, 1, 1, 1});
   }
-  nn::AttentionState out{torch::cat({key, state.key}, 2), torch::cat({value, state.value}, 2), state.mask};
+  nn::AttentionState out = state;
+  out.key = torch::cat({key, state.key}, 2);
+  out.value = torch::cat({value, state.value}, 2);
   if (state.mask.defined()) {
     // Prefix positions are always attended: additive 0.  (B,1,Q,P) ++ (B,1,Q,T)
     Tensor prefix_mask = torch::zeros({state.mask.size(0), 1, state.mask.size(2), key.size(2)}, state.mask.options());

@@ -112,8 +112,8 @@ class PrefixTuningLayerImpl : public nn::AttentionAdapter {
  public:
   PrefixTuningLayerImpl(std::string adapter, std::int64_t prefix_id, const PrefixTuningConfig& config,
                         std::int64_t hidden);
-  nn::AttentionState apply(const nn::AttentionState& state, const torch::Tensor& hidden, std::int64_t layer,
-                           const std::string& location, nn::ForwardContext& ctx) override;
+  nn::AttentionState apply(const nn::AttentionState& state, std::int64_t layer, const std::string& location,
+                           nn::ForwardContext& ctx) override;
 
  private:
   std::string adapter_;

@@ -82,13 +82,14 @@ struct BertSelfAttentionImpl : torch::nn::Module {
 
   // x (B,T,C), mask (B,1,1,T) additive -> (B,T,C)
   Tensor forward(const Tensor& x, const Tensor& mask, ForwardContext& ctx) {
-    Tensor q = split_heads(query->forward(x, ctx));
-    nn::AttentionState s = prefix.forward({split_heads(key->forward(x, ctx)), split_heads(value->forward(x, ctx)), mask}, x, ctx);
-    Tensor scores = torch::matmul(q, s.key.transpose(-1, -2)) / std::sqrt(static_cast<double>(head_dim));
+    nn::AttentionState s = prefix.forward({split_heads(query->forward(x, ctx)), split_heads(key->forward(x, ctx)),
+                                           split_heads(value->forward(x, ctx)), mask, x},
+                                          ctx);
+    Tensor scores = torch::matmul(s.query, s.key.transpose(-1, -2)) / std::sqrt(static_cast<double>(head_dim));
     if (s.mask.defined()) scores = scores + s.mask;
     Tensor probs = dropout(torch::softmax(scores, -1));
     Tensor context = torch::matmul(probs, s.value).permute({0, 2, 1, 3}).contiguous();  // (B,T,H,D)
-    return context.view({x.size(0), x.size(1), heads * head_dim});
+    return context.view({context.size(0), context.size(1), heads * head_dim});
   }
 
   std::int64_t heads, head_dim;

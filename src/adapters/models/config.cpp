@@ -33,6 +33,7 @@ const std::vector<KeySpelling>& key_table() {
     {"hidden_dropout_prob",          {"hidden_dropout_prob", "dropout", "resid_pdrop", "dropout_rate"}, &ModelConfig::hidden_dropout_prob,          false},
     {"attention_probs_dropout_prob", {"attention_probs_dropout_prob", "attention_dropout", "attn_pdrop"}, &ModelConfig::attention_probs_dropout_prob, false},
     {"hidden_act",                   {"hidden_act", "activation", "activation_function"},               &ModelConfig::hidden_act,                   false},
+    {"initializer_range",            {"initializer_range", "init_std"},                                 &ModelConfig::initializer_range,            false},
   };
   return table;
 }
@@ -84,6 +85,11 @@ ModelConfig parse_model_config(const json& config, const std::string& source) {
     }
   }
   if (c.intermediate_size == 0) c.intermediate_size = 4 * c.hidden_size;
+  if (reader.has("tie_word_embeddings")) {
+    ADAPTERS_CHECK(config["tie_word_embeddings"].is_boolean(), source, ": 'tie_word_embeddings' must be true or false, found ",
+                   config["tie_word_embeddings"].dump());
+    c.tie_word_embeddings = config["tie_word_embeddings"].get<bool>();
+  }
   validate(c, source);
   return c;
 }

@@ -24,6 +24,8 @@ struct ModelConfig {
   double hidden_dropout_prob = 0.1;
   double attention_probs_dropout_prob = 0.1;
   std::string hidden_act = "gelu";
+  double initializer_range = 0.02;
+  bool tie_word_embeddings = true;
   json raw;  // the whole config.json, for architecture-specific keys and for saving
 
   std::int64_t head_dim() const { return hidden_size / num_attention_heads; }

@@ -42,7 +42,7 @@ TORCH_MODULE(Embeddings);
 
 struct MultiHeadSelfAttentionImpl : torch::nn::Module {
   MultiHeadSelfAttentionImpl(const ModelConfig& c, std::int64_t layer)
-      : heads(c.num_attention_heads), head_dim(c.head_dim()), prefix(layer, nn::attention_location::kSelfBare) {
+      : heads(c.num_attention_heads), head_dim(c.head_dim()), prefix(layer, nn::attention_location::kSelfBare, /*invert_mask=*/false) {
     const auto C = c.hidden_size;
     q_lin = register_module("q_lin", AdaptedLinear(C, C, true, layer, nn::role::kQuery));
     k_lin = register_module("k_lin", AdaptedLinear(C, C, true, layer, nn::role::kKey));
@@ -58,11 +58,13 @@ struct MultiHeadSelfAttentionImpl : torch::nn::Module {
   // x (B,T,C), mask (B,1,1,T) additive -> (B,T,C)
   Tensor forward(const Tensor& x, const Tensor& mask, ForwardContext& ctx) {
     Tensor q = split_heads(q_lin->forward(x, ctx)) / std::sqrt(static_cast<double>(head_dim));
-    nn::AttentionState s = prefix.forward({split_heads(k_lin->forward(x, ctx)), split_heads(v_lin->forward(x, ctx)), mask}, x, ctx);
-    Tensor scores = torch::matmul(q, s.key.transpose(2, 3));
+    nn::AttentionState s = prefix.forward(
+        {q, split_heads(k_lin->forward(x, ctx)), split_heads(v_lin->forward(x, ctx)), mask, x}, ctx);
+    Tensor scores = torch::matmul(s.query, s.key.transpose(2, 3));
     if (s.mask.defined()) scores = scores + s.mask;
     Tensor probs = dropout(torch::softmax(scores, -1));
-    Tensor context = torch::matmul(probs, s.value).transpose(1, 2).contiguous().view({x.size(0), x.size(1), heads * head_dim});
+    Tensor context = torch::matmul(probs, s.value).transpose(1, 2).contiguous();  // (B,T,H,D)
+    context = context.view({context.size(0), context.size(1), heads * head_dim});
     return out_lin->forward(context, ctx);
   }
   std::int64_t heads, head_dim;

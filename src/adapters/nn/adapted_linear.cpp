@@ -1,7 +1,10 @@
-// Adapted linear layers: a plain linear map followed by the active LoRA-family deltas in the order
-// of the active Stack, and the folding of deltas into the weights (merge) and back (reset).
+// Adapted linear layers: a plain linear map followed by the active LoRA-family deltas composed by
+// the driver (Stack: in order; Parallel, BatchSplit, Split: on their share of the batch or
+// sequence; Average: the weighted sum of the members' outputs), and the folding of deltas into the
+// weights (merge) and back (reset).
 #include "adapters/nn/adapted_linear.h"
 
+#include <torch/torch.h>
 #include <torch/nn/functional/linear.h>
 #include <torch/nn/init.h>
 
@@ -9,6 +12,7 @@
 #include <cmath>
 
 #include "adapters/core/error.h"
+#include "adapters/nn/composer.h"
 
 namespace adapters::nn {
 
@@ -54,31 +58,84 @@ void AdaptedLinearImpl::init(std::int64_t in_features, std::int64_t out_features
 
 std::string AdaptedLinearImpl::describe() const { return str("layer ", layer_, " '", role_, "'"); }
 
-void AdaptedLinearImpl::active_deltas(const Block& setup, bool in_stack, std::vector<LinearDelta*>& out) const {
-  if (setup.is_adapter()) {
-    LinearDelta* delta = loras->find(setup.name);
-    if (delta == nullptr || is_merged(setup.name)) return;
-    if (!in_stack) {
-      throw NotSupported(str("adapter '", setup.name, "' (LoRA family) at ", describe(),
-                             ": only Stack composes LoRA-family adapters; this block is not supported for them"));
-    }
-    out.push_back(delta);
-    return;
+// What flows through a linear layer's composition.
+struct LinearState {
+  Tensor x;     // (..., in) the layer input
+  Tensor base;  // (..., out) x W^T + b
+  Tensor y;     // (..., out) the output so far
+};
+
+class LinearComposable : public Composable<LinearState> {
+ public:
+  explicit LinearComposable(const AdaptedLinearImpl& layer) : layer_(layer) {}
+
+  bool holds(const std::string& adapter) const override {
+    return layer_.loras->contains(adapter) && !layer_.is_merged(adapter);
   }
-  const bool stacked = in_stack && setup.type == BlockType::Stack;
-  for (const auto& child : setup.children) active_deltas(child, stacked, out);
+  std::string describe() const override { return layer_.describe(); }
+  std::string family() const override { return "LoRA-family adapters"; }
+  bool supports(BlockType type) const override { return type != BlockType::Fuse; }
+
+  std::int64_t batch_size(const LinearState& s) const override { return s.x.size(0); }
+  std::int64_t sequence_length(const LinearState& s) const override {
+    ADAPTERS_CHECK(s.x.dim() == 3, "Split at ", describe(), ": expected a (B,T,C) input, found ", s.x.sizes());
+    return s.x.size(1);
+  }
+  LinearState slice_batch(const LinearState& s, std::int64_t b, std::int64_t e) const override {
+    return {s.x.slice(0, b, e), s.base.slice(0, b, e), s.y.slice(0, b, e)};
+  }
+  LinearState slice_sequence(const LinearState& s, std::int64_t b, std::int64_t e) const override {
+    return {s.x.slice(1, b, e), s.base.slice(1, b, e), s.y.slice(1, b, e)};
+  }
+  LinearState repeat_batch(const LinearState& s, std::int64_t n) const override {
+    auto rep = [&](const Tensor& t) {
+      std::vector<std::int64_t> r(static_cast<std::size_t>(t.dim()), 1);
+      r[0] = n;
+      return t.repeat(r);
+    };
+    return {rep(s.x), rep(s.base), rep(s.y)};
+  }
+  LinearState concat_batch(const std::vector<LinearState>& parts) const override { return concat(parts, 0); }
+  LinearState concat_sequence(const std::vector<LinearState>& parts) const override { return concat(parts, 1); }
+  LinearState average(const std::vector<LinearState>& parts, const std::vector<double>& w) const override {
+    LinearState out = parts.front();
+    out.y = parts[0].y * w[0];
+    for (std::size_t i = 1; i < parts.size(); ++i) out.y = out.y + parts[i].y * w[i];
+    return out;
+  }
+
+  LinearState single(const std::string& name, LinearState s, ForwardContext& ctx) const override {
+    const LinearCall call{s.x, layer_.weight, layer_.bias, s.base, ctx};
+    s.y = layer_.loras->find(name)->apply(call, s.y);
+    return s;
+  }
+
+ private:
+  static LinearState concat(const std::vector<LinearState>& parts, std::int64_t dim) {
+    std::vector<Tensor> x, base, y;
+    for (const auto& p : parts) {
+      x.push_back(p.x);
+      base.push_back(p.base);
+      y.push_back(p.y);
+    }
+    return {torch::cat(x, dim), torch::cat(base, dim), torch::cat(y, dim)};
+  }
+
+  const AdaptedLinearImpl& layer_;
+};
+
+bool AdaptedLinearImpl::any_active(const Block& setup) const {
+  for (const auto& name : setup.flatten()) {
+    if (loras->contains(name) && !is_merged(name)) return true;
+  }
+  return false;
 }
 
 Tensor AdaptedLinearImpl::forward(const Tensor& x, ForwardContext& ctx) {
   Tensor y = torch::nn::functional::linear(x, weight, bias);
-  if (ctx.setup == nullptr || loras->empty()) return y;
-  std::vector<LinearDelta*> deltas;
-  active_deltas(*ctx.setup, true, deltas);
-  if (deltas.empty()) return y;
-  const Tensor base = y;
-  const LinearCall call{x, weight, bias, base, ctx};
-  for (LinearDelta* delta : deltas) y = delta->apply(call, y);
-  return y;
+  if (ctx.setup == nullptr || loras->empty() || !any_active(*ctx.setup)) return y;
+  LinearComposable site(*this);
+  return compose<LinearState>(site, *ctx.setup, {x, y, y}, ctx).y;
 }
 
 void AdaptedLinearImpl::add_adapter(const std::string& name, std::shared_ptr<LinearDelta> delta) {

@@ -1,7 +1,7 @@
 // Hook point 2: adapted linear layers (q, k, v, o, feed-forward in/out). Computes x W^T + b, then
 // lets the active LoRA-family adapters of this layer (registered under "loras", as in the
-// reference) transform the result, in the order of the active Stack. With none active it is
-// exactly torch::nn::Linear.
+// reference) transform the result as the active setup composes them (Stack, Parallel, BatchSplit,
+// Split, Average; see nn/composer.h). With none active it is exactly torch::nn::Linear.
 //
 // Fused projections. A layer may produce several roles at once (GPT-2's c_attn: q, k and v from
 // one matmul). Such a layer is built with one OutputSlice per role, in output order; an ordinary
@@ -106,8 +106,8 @@ class AdaptedLinearImpl : public torch::nn::Module {
 
  private:
   void init(std::int64_t in_features, std::int64_t out_features, bool with_bias);
-  // The active, unmerged deltas of this layer in application order (empty if none).
-  void active_deltas(const composition::Block& setup, bool in_stack, std::vector<LinearDelta*>& out) const;
+  // Whether an unmerged adapter of this layer is in the setup.
+  bool any_active(const composition::Block& setup) const;
 
   std::int64_t layer_;
   std::vector<OutputSlice> slices_;

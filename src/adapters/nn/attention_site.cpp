@@ -1,16 +1,90 @@
-// Attention sites: the active Stack's attention adapters of this site, in setup order.
+// Attention sites: the active setup's attention adapters (prefix tuning) of this site, composed
+// by the driver, and the batch matching that Parallel blocks need.
 #include "adapters/nn/attention_site.h"
 
+#include <torch/torch.h>
+
+#include <limits>
+
 #include "adapters/core/error.h"
+#include "adapters/nn/composer.h"
+#include "adapters/nn/residual_site.h"
 
 namespace adapters::nn {
 
-using composition::Block;
-using composition::BlockType;
+using torch::Tensor;
 
-AttentionSite::AttentionSite(std::int64_t layer, std::string location)
+class AttentionComposable : public Composable<AttentionState> {
+ public:
+  AttentionComposable(const AttentionSite& site, std::int64_t pad_token_id) : site_(site), pad_token_id_(pad_token_id) {}
+
+  bool holds(const std::string& adapter) const override { return site_.adapters_->contains(adapter); }
+  std::string describe() const override { return str("layer ", site_.layer_, " ", site_.location_); }
+  std::string family() const override { return "prefix tuning"; }
+  bool supports(BlockType type) const override {
+    return type == BlockType::Stack || type == BlockType::Parallel || type == BlockType::BatchSplit;
+  }
+
+  std::int64_t batch_size(const AttentionState& s) const override { return s.key.size(0); }
+
+  AttentionState slice_batch(const AttentionState& s, std::int64_t b, std::int64_t e) const override {
+    auto rows = [&](const Tensor& t) { return t.defined() ? t.slice(0, b, e) : t; };
+    return {rows(s.query), rows(s.key), rows(s.value), rows(s.mask), rows(s.hidden), s.row_offset + b};
+  }
+
+  AttentionState repeat_batch(const AttentionState& s, std::int64_t n) const override {
+    auto rep = [&](const Tensor& t) {
+      if (!t.defined()) return t;
+      std::vector<std::int64_t> r(static_cast<std::size_t>(t.dim()), 1);
+      r[0] = n;
+      return t.repeat(r);
+    };
+    return {rep(s.query), rep(s.key), rep(s.value), rep(s.mask), rep(s.hidden), s.row_offset};
+  }
+
+  // Members may have prefixes of different lengths: shorter keys and values are padded on the
+  // left with pad_token_id and their mask as the reference pads it (see the constructor's note).
+  AttentionState concat_batch(const std::vector<AttentionState>& parts) const override {
+    std::int64_t longest = 0;
+    for (const auto& p : parts) longest = std::max(longest, p.key.size(2));
+    std::vector<Tensor> q, k, v, m, h;
+    bool has_mask = true;
+    for (const auto& p : parts) {
+      const std::int64_t pad = longest - p.key.size(2);
+      q.push_back(p.query);
+      h.push_back(p.hidden);
+      k.push_back(pad_left(p.key, pad, 2, static_cast<double>(pad_token_id_)));
+      v.push_back(pad_left(p.value, pad, 2, static_cast<double>(pad_token_id_)));
+      has_mask = has_mask && p.mask.defined();
+      if (p.mask.defined()) m.push_back(pad_left(p.mask, pad, 3, mask_pad_value(p.mask)));
+    }
+    return {torch::cat(q, 0), torch::cat(k, 0), torch::cat(v, 0), has_mask ? torch::cat(m, 0) : Tensor(),
+            torch::cat(h, 0), parts.front().row_offset};
+  }
+
+  AttentionState single(const std::string& name, AttentionState s, ForwardContext& ctx) const override {
+    return site_.adapters_->find(name)->apply(s, site_.layer_, site_.location_, ctx);
+  }
+
+ private:
+  static Tensor pad_left(const Tensor& t, std::int64_t pad, std::int64_t dim, double value) {
+    if (pad <= 0) return t;
+    std::vector<std::int64_t> shape(t.sizes().begin(), t.sizes().end());
+    shape[static_cast<std::size_t>(dim)] = pad;
+    return torch::cat({torch::full(shape, value, t.options()), t}, dim);
+  }
+  double mask_pad_value(const Tensor& mask) const {
+    return site_.invert_mask_ ? 1.0 : static_cast<double>(std::numeric_limits<float>::lowest());
+  }
+
+  const AttentionSite& site_;
+  std::int64_t pad_token_id_;
+};
+
+AttentionSite::AttentionSite(std::int64_t layer, std::string location, bool invert_mask)
     : layer_(layer),
       location_(std::move(location)),
+      invert_mask_(invert_mask),
       module_(std::make_shared<torch::nn::Module>()),
       adapters_(make_adapter_dict<AttentionAdapter>()) {
   module_->register_module("prefix_gates", adapters_);
@@ -25,25 +99,25 @@ bool AttentionSite::holds_any(const Block& setup) const {
   return false;
 }
 
-AttentionState AttentionSite::forward(AttentionState state, const torch::Tensor& hidden, ForwardContext& ctx) const {
-  if (ctx.setup == nullptr || adapters_->empty() || !holds_any(*ctx.setup)) return state;
-  const Block& setup = *ctx.setup;
-  if (setup.type != BlockType::Stack) {
-    const std::string what = str("adapter setup ", setup.to_string(), ": ", composition::block_type_name(setup.type));
-    if (setup.type == BlockType::Parallel || setup.type == BlockType::BatchSplit) {
-      throw NotSupported(what + " with prefix tuning is not supported yet");
-    }
-    throw Error(what + " cannot be used with prefix tuning (expected Stack, Parallel or BatchSplit)");
+AttentionState AttentionSite::forward(AttentionState s, ForwardContext& ctx) const {
+  // LoRA on some projections under Parallel may have replicated only some of q, k, v.
+  Tensor widest = s.query;
+  for (const Tensor* t : {&s.key, &s.value}) {
+    if (t->size(0) > widest.size(0)) widest = *t;
   }
-  for (const Block& child : setup.children) {
-    if (!child.is_adapter()) {
-      if (!holds_any(child)) continue;
-      throw NotSupported(str("adapter setup ", setup.to_string(), ": ", composition::block_type_name(child.type),
-                             " inside Stack is not supported with prefix tuning"));
-    }
-    if (AttentionAdapter* a = adapters_->find(child.name)) state = a->apply(state, hidden, layer_, location_, ctx);
+  s.query = match_batch(s.query, widest);
+  s.key = match_batch(s.key, widest);
+  s.value = match_batch(s.value, widest);
+  s.hidden = match_batch(s.hidden, widest);
+  s.mask = match_batch(s.mask, widest);
+  if (ctx.setup != nullptr && !adapters_->empty() && holds_any(*ctx.setup)) {
+    AttentionComposable site(*this, ctx.pad_token_id);
+    s = compose<AttentionState>(site, *ctx.setup, std::move(s), ctx);
+    s.query = match_batch(s.query, s.key);
+    s.hidden = match_batch(s.hidden, s.key);
+    s.mask = match_batch(s.mask, s.key);
   }
-  return state;
+  return s;
 }
 
 void AttentionSite::add_adapter(const std::string& name, std::shared_ptr<AttentionAdapter> adapter) {

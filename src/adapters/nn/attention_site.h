@@ -1,9 +1,11 @@
 // Hook point 3: the prefix hook inside attention. After the q/k/v projections and before the
 // scores, a model calls
-//     std::tie(k, v, mask) = site.forward(k, v, hidden, mask, ctx)
-// with k, v (B,H,T,D), hidden (B,T,C) the attention input and mask (B,1,1,T) additive (or
-// undefined). Active attention adapters (prefix tuning) prepend keys and values and extend the
-// mask; with none active the inputs come back untouched.
+//     AttentionState s = site.forward({q, k, v, mask, hidden}, ctx)
+// with q, k, v (B,H,T,D), mask (B,1,1,T) additive (or undefined) and hidden (B,T,C) the attention
+// input, and computes attention from s.query, s.key, s.value, s.mask. Active attention adapters
+// (prefix tuning) prepend keys and values and extend the mask, composed by the driver
+// (Stack, Parallel, BatchSplit); q, k, v and the mask come back with one batch size (a Parallel
+// block replicates the batch). With nothing active the inputs come back untouched.
 #pragma once
 
 #include <torch/nn/module.h>
@@ -26,30 +28,38 @@ inline constexpr const char* kSelfBare = "self";  // DistilBERT's name for its s
 }  // namespace attention_location
 
 struct AttentionState {
-  torch::Tensor key;    // (B,H,T,D)
-  torch::Tensor value;  // (B,H,T,D)
-  torch::Tensor mask;   // (B,1,1,T) additive, or undefined
+  torch::Tensor query;   // (B,H,Tq,D)
+  torch::Tensor key;     // (B,H,T,D)
+  torch::Tensor value;   // (B,H,T,D)
+  torch::Tensor mask;    // (B,1,1,T) additive, or undefined
+  torch::Tensor hidden;  // (B,Tq,C) the attention input
+  // The row of the model's input batch that this state's first row belongs to (BatchSplit).
+  std::int64_t row_offset = 0;
 };
 
 // An adapter acting inside attention at one site (prefix tuning). Its own parameters (a gate)
 // are registered under the reference's "prefix_gates.<adapter>".
 class AttentionAdapter : public torch::nn::Module {
  public:
-  virtual AttentionState apply(const AttentionState& state, const torch::Tensor& hidden, std::int64_t layer,
-                               const std::string& location, ForwardContext& ctx) = 0;
+  virtual AttentionState apply(const AttentionState& state, std::int64_t layer, const std::string& location,
+                               ForwardContext& ctx) = 0;
 };
 
 class AttentionSite {
  public:
-  AttentionSite(std::int64_t layer, std::string location);
+  // `invert_mask`: the reference's flag for how its model passes the mask to the prefix hook.
+  // It decides how Parallel/BatchSplit pad shorter prefixes: true (BERT family) pads the mask with
+  // +1.0, as the reference does (the padded positions are attended, not masked); false
+  // (DistilBERT) masks them.
+  AttentionSite(std::int64_t layer, std::string location, bool invert_mask = true);
 
   // Registers this site's module in `owner` as "prefix_tuning" (the reference's attribute), its
   // adapters below it as "prefix_gates".
   void register_in(torch::nn::Module& owner);
 
-  // Applies the active setup's adapters of this site: a Stack in order; Parallel and BatchSplit
-  // are not supported yet; other blocks cannot hold prefixes.
-  AttentionState forward(AttentionState state, const torch::Tensor& hidden, ForwardContext& ctx) const;
+  // Applies the active setup's adapters of this site (Stack, Parallel, BatchSplit; other blocks
+  // cannot hold prefixes) and matches the batch sizes of q, k, v and the mask.
+  AttentionState forward(AttentionState state, ForwardContext& ctx) const;
 
   void add_adapter(const std::string& name, std::shared_ptr<AttentionAdapter> adapter);
   void delete_adapter(const std::string& name);
@@ -62,9 +72,11 @@ class AttentionSite {
 
  private:
   bool holds_any(const composition::Block& setup) const;
+  friend class AttentionComposable;
 
   std::int64_t layer_;
   std::string location_;
+  bool invert_mask_;
   std::shared_ptr<torch::nn::Module> module_;
   AdapterDict<AttentionAdapter> adapters_;
 };

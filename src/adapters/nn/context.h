@@ -33,6 +33,12 @@ struct ForwardContext {
   // adapter -> location ("self_prefix", ...) -> one entry per layer.
   std::map<std::string, std::map<std::string, std::vector<PrefixKV>>> prefix_states;
 
+  // Parallel: the batch of the model's input, and whether a site has replicated it already.
+  std::int64_t input_batch_size = 0;
+  bool adapters_parallelized = false;
+  // The model's pad token: the reference pads shorter prefixes of Parallel members with it.
+  std::int64_t pad_token_id = 0;
+
   bool output_gating_scores = false;
   bool output_fusion_attentions = false;
   ScoreCache gating_scores;

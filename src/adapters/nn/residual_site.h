@@ -2,7 +2,8 @@
 //     h = site.forward(h, residual, layer_norm, ctx)
 // after its attention output and after its feed-forward output. With nothing active it is
 // exactly layer_norm(h + residual) (or h + residual without a norm); otherwise the active setup's
-// bottleneck-style adapters act here as adapter-transformers' adapter_layer_forward does.
+// bottleneck-style adapters act here as adapter-transformers' adapter_layer_forward does, every
+// block through the composition driver (nn/composer.h), Fuse through this site's fusion layers.
 #pragma once
 
 #include <torch/nn/module.h>
@@ -11,6 +12,7 @@
 #include <string>
 
 #include "adapters/nn/context.h"
+#include "adapters/nn/fusion.h"
 #include "adapters/nn/module_dict.h"
 
 namespace adapters::nn {
@@ -50,7 +52,8 @@ class ResidualSite {
  public:
   ResidualSite(std::int64_t layer, std::string location);
 
-  // Registers this site's containers in `owner` under the reference's names ("adapters").
+  // Registers this site's containers in `owner` under the reference's names ("adapters",
+  // "adapter_fusion_layer").
   void register_in(torch::nn::Module& owner);
 
   torch::Tensor forward(const torch::Tensor& hidden, const torch::Tensor& input, const Norm& norm,
@@ -59,6 +62,13 @@ class ResidualSite {
   void add_adapter(const std::string& name, std::shared_ptr<ResidualAdapter> adapter);
   void delete_adapter(const std::string& name);
   ResidualAdapter* adapter(const std::string& name) const;
+  bool holds(const std::string& name) const { return adapters_->contains(name); }
+
+  // Fusion layers, by fusion name ("a,b").
+  void add_fusion(const std::string& name, std::shared_ptr<BertFusionImpl> fusion);
+  void delete_fusion(const std::string& name);
+  BertFusionImpl* fusion(const std::string& name) const { return fusions_->find(name); }
+  const AdapterDict<BertFusionImpl>& fusions() const { return fusions_; }
 
   std::int64_t layer() const { return layer_; }
   const std::string& location() const { return location_; }
@@ -66,14 +76,17 @@ class ResidualSite {
  private:
   // The active setup if any of its adapters lives here, else null.
   const composition::Block* active_setup(const ForwardContext& ctx) const;
-  // The reference's adapter_stack: returns (hidden, up, input).
-  AdapterOutput stack(const composition::Block& setup, torch::Tensor hidden, const torch::Tensor& input,
-                      const Norm& norm, ForwardContext& ctx) const;
+  friend class ResidualComposable;
   void store_gating_score(ForwardContext& ctx, const std::string& name, const torch::Tensor& gate) const;
 
   std::int64_t layer_;
   std::string location_;
   AdapterDict<ResidualAdapter> adapters_;
+  AdapterDict<BertFusionImpl> fusions_;
 };
+
+// Parallel blocks replicate the batch: a tensor whose batch is a divisor of the other's is
+// repeated to match (the reference's adjust_tensors_for_parallel).
+torch::Tensor match_batch(const torch::Tensor& t, const torch::Tensor& reference);
 
 }  // namespace adapters::nn
