@@ -1,0 +1,660 @@
+// The training loop (see trainer.h): batches to tensors, AdamW with decay groups, the learning-rate
+// schedule, evaluation, checkpoints of the trainable parameters with the optimizer state, resume,
+// and Ctrl-C handling.
+#include "adapters/train/trainer.h"
+
+#include <ATen/autocast_mode.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <csignal>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <type_traits>
+
+#include "adapters/core/error.h"
+#include "adapters/core/log.h"
+#include "adapters/io/tensors.h"
+#include "adapters/train/chart.h"
+#include "adapters/train/metrics.h"
+#include "adapters/train/progress.h"
+
+namespace adapters::train {
+
+namespace fs = std::filesystem;
+using torch::Tensor;
+
+// ---- batches as tensors -------------------------------------------------------------------------
+
+namespace {
+
+Tensor long_tensor(const std::vector<int64_t>& values, torch::IntArrayRef shape, torch::Device device) {
+  return torch::tensor(values, torch::kLong).view(shape).to(device);
+}
+
+Tensor float_tensor(const std::vector<float>& values, torch::IntArrayRef shape, torch::Device device) {
+  return torch::tensor(values, torch::kFloat).view(shape).to(device);
+}
+
+bool predicts_classes(TaskKind task) {
+  return task == TaskKind::SequenceClassification || task == TaskKind::MultipleChoice;
+}
+
+}  // namespace
+
+models::ModelInputs to_inputs(const Batch& batch, torch::Device device) {
+  const std::vector<int64_t> rows = {batch.batch_size * batch.num_choices, batch.seq_len};
+  ADAPTERS_CHECK(static_cast<int64_t>(batch.input_ids.size()) == rows[0] * rows[1], "batch: expected ", rows[0], " x ",
+                 rows[1], " input ids, found ", batch.input_ids.size());
+  models::ModelInputs inputs;
+  inputs.input_ids = long_tensor(batch.input_ids, rows, device);
+  if (!batch.attention_mask.empty()) inputs.attention_mask = long_tensor(batch.attention_mask, rows, device);
+  if (!batch.token_type_ids.empty()) inputs.token_type_ids = long_tensor(batch.token_type_ids, rows, device);
+  return inputs;
+}
+
+HeadTensors to_head_inputs(const Batch& batch, TaskKind task, torch::Device device) {
+  const int64_t B = batch.batch_size;
+  switch (task) {
+    case TaskKind::SequenceClassification:
+    case TaskKind::MultipleChoice:
+      return {{"labels", long_tensor(batch.labels, {B}, device)}};
+    case TaskKind::TokenClassification:
+      return {{"labels", long_tensor(batch.labels, {B, batch.seq_len}, device)}};
+    case TaskKind::Regression:
+      return {{"labels", float_tensor(batch.float_labels, {B}, device)}};
+    case TaskKind::MultiLabel:
+      return {{"labels", float_tensor(batch.float_labels, {B, -1}, device)}};
+    case TaskKind::QuestionAnswering:
+      return {{"start_positions", long_tensor(batch.start_positions, {B}, device)},
+              {"end_positions", long_tensor(batch.end_positions, {B}, device)}};
+  }
+  throw Error(str("batch: unknown task kind ", static_cast<int>(task)));
+}
+
+// ---- optimizer ----------------------------------------------------------------------------------
+
+namespace {
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool names_a_norm(const std::string& name) {
+  return name.find("LayerNorm") != std::string::npos || name.find("layer_norm") != std::string::npos ||
+         name.find("norm") != std::string::npos;
+}
+
+std::vector<Tensor> tensors_of(const std::vector<std::pair<std::string, Tensor>>& named) {
+  std::vector<Tensor> out;
+  for (const auto& item : named) out.push_back(item.second);
+  return out;
+}
+
+// The optimizer's state key of a parameter: a string of the TensorImpl address in libtorch 1.x,
+// the address itself in 2.x; deduced from the map so both compile.
+template <typename StateMap>
+typename StateMap::key_type state_key(const StateMap&, const Tensor& parameter) {
+  using Key = typename StateMap::key_type;
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream os;
+    os << parameter.unsafeGetTensorImpl();
+    return os.str();
+  } else {
+    return static_cast<Key>(parameter.unsafeGetTensorImpl());
+  }
+}
+
+}  // namespace
+
+bool exempt_from_weight_decay(const std::string& name, const Tensor& parameter) {
+  return ends_with(name, "bias") || (parameter.dim() == 1 && names_a_norm(name));
+}
+
+ParameterGroups trainable_parameter_groups(const torch::nn::Module& model) {
+  ParameterGroups groups;
+  for (const auto& item : model.named_parameters()) {
+    if (!item.value().requires_grad()) continue;
+    auto& group = exempt_from_weight_decay(item.key(), item.value()) ? groups.no_decay : groups.decay;
+    group.emplace_back(item.key(), item.value());
+  }
+  return groups;
+}
+
+std::unique_ptr<torch::optim::AdamW> make_adamw(const ParameterGroups& groups, double learning_rate,
+                                                double weight_decay) {
+  ADAPTERS_CHECK(groups.size() > 0, "optimizer: no parameter requires grad (expected the trainable ",
+                 "parameters of an adapter or head; call train_adapter or add a head first)");
+  std::vector<torch::optim::OptimizerParamGroup> param_groups;
+  auto add_group = [&](const std::vector<std::pair<std::string, Tensor>>& named, double decay) {
+    if (named.empty()) return;
+    auto options = std::make_unique<torch::optim::AdamWOptions>(learning_rate);
+    options->weight_decay(decay);
+    param_groups.emplace_back(tensors_of(named), std::move(options));
+  };
+  add_group(groups.decay, weight_decay);
+  add_group(groups.no_decay, 0.0);
+  return std::make_unique<torch::optim::AdamW>(std::move(param_groups),
+                                               torch::optim::AdamWOptions(learning_rate).weight_decay(weight_decay));
+}
+
+// ---- learning-rate schedule ---------------------------------------------------------------------
+
+Schedule parse_schedule(const std::string& name) {
+  if (name == "linear") return Schedule::Linear;
+  if (name == "cosine") return Schedule::Cosine;
+  if (name == "constant") return Schedule::Constant;
+  throw Error(str("option schedule: expected linear, cosine or constant, found '", name, "'"));
+}
+
+double lr_multiplier(Schedule schedule, int64_t step, int64_t warmup_steps, int64_t total_steps) {
+  if (step < warmup_steps) return static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, warmup_steps));
+  if (schedule == Schedule::Constant) return 1.0;
+  const double decay_steps = static_cast<double>(std::max<int64_t>(1, total_steps - warmup_steps));
+  const double progress = static_cast<double>(step - warmup_steps) / decay_steps;
+  if (schedule == Schedule::Linear) return std::max(0.0, 1.0 - progress);
+  return std::max(0.0, 0.5 * (1.0 + std::cos(M_PI * progress)));
+}
+
+void set_learning_rate(torch::optim::Optimizer& optimizer, double learning_rate) {
+  for (auto& group : optimizer.param_groups()) {
+    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(learning_rate);
+  }
+}
+
+// ---- optimizer state as tensors -----------------------------------------------------------------
+
+namespace {
+
+std::vector<std::pair<std::string, Tensor>> all_named(const ParameterGroups& groups) {
+  auto named = groups.decay;
+  named.insert(named.end(), groups.no_decay.begin(), groups.no_decay.end());
+  return named;
+}
+
+const Tensor& require_tensor(const io::TensorMap& tensors, const std::string& key, const Tensor& like,
+                             const std::string& source) {
+  auto found = tensors.find(key);
+  ADAPTERS_CHECK(found != tensors.end(), source, ": missing tensor '", key, "'");
+  ADAPTERS_CHECK(found->second.sizes() == like.sizes(), source, ": tensor '", key, "' has shape ",
+                 found->second.sizes(), ", expected ", like.sizes());
+  return found->second;
+}
+
+Tensor owned_copy(const Tensor& source, const Tensor& like) {
+  return source.to(like.device(), like.scalar_type()).clone();
+}
+
+}  // namespace
+
+io::TensorMap adamw_state_tensors(torch::optim::AdamW& optimizer, const ParameterGroups& groups) {
+  io::TensorMap out;
+  auto& state = optimizer.state();
+  for (const auto& [name, parameter] : all_named(groups)) {
+    auto found = state.find(state_key(state, parameter));
+    if (found == state.end()) continue;
+    const auto& s = static_cast<const torch::optim::AdamWParamState&>(*found->second);
+    out[name + ".exp_avg"] = s.exp_avg();
+    out[name + ".exp_avg_sq"] = s.exp_avg_sq();
+    if (s.max_exp_avg_sq().defined()) out[name + ".max_exp_avg_sq"] = s.max_exp_avg_sq();
+    out[name + ".step"] = torch::tensor(static_cast<int64_t>(s.step()), torch::kLong);
+  }
+  return out;
+}
+
+void load_adamw_state(torch::optim::AdamW& optimizer, const ParameterGroups& groups, const io::TensorMap& tensors,
+                      const std::string& source) {
+  auto& state = optimizer.state();
+  for (const auto& [name, parameter] : all_named(groups)) {
+    if (!tensors.count(name + ".step")) continue;  // no step taken for it yet
+    auto s = std::make_unique<torch::optim::AdamWParamState>();
+    s->step(tensors.at(name + ".step").item<int64_t>());
+    s->exp_avg(owned_copy(require_tensor(tensors, name + ".exp_avg", parameter, source), parameter));
+    s->exp_avg_sq(owned_copy(require_tensor(tensors, name + ".exp_avg_sq", parameter, source), parameter));
+    if (tensors.count(name + ".max_exp_avg_sq")) {
+      s->max_exp_avg_sq(owned_copy(require_tensor(tensors, name + ".max_exp_avg_sq", parameter, source), parameter));
+    }
+    state[state_key(state, parameter)] = std::move(s);
+  }
+}
+
+// ---- evaluation ---------------------------------------------------------------------------------
+
+EvalResult evaluate(AdapterModelImpl& model, const FeatureSet& features, size_t batch_size, torch::Device device) {
+  ADAPTERS_CHECK(!features.features.empty(), "evaluate: expected features, found an empty set");
+  const bool was_training = model.is_training();
+  model.eval();
+  torch::NoGradGuard no_grad;
+  EvalResult result;
+  std::vector<int64_t> gold;
+  double loss_sum = 0;
+  for (const auto& indices : plan_batches(features, {batch_size, false})) {
+    const Batch batch = collate(features, indices);
+    ForwardOptions options;
+    options.head_inputs = to_head_inputs(batch, features.task, device);
+    const ModelOutput out = model.forward(to_inputs(batch, device), options);
+    ADAPTERS_CHECK(out.loss.defined(), "evaluate: the model returned no loss (expected an active head for task ",
+                   to_string(features.task), ")");
+    loss_sum += out.loss.item<double>() * static_cast<double>(batch.batch_size);
+    if (predicts_classes(features.task)) {
+      const Tensor predicted = out.head.at("logits").argmax(-1).to(torch::kCPU).contiguous();
+      result.predictions.insert(result.predictions.end(), predicted.data_ptr<int64_t>(),
+                                predicted.data_ptr<int64_t>() + predicted.numel());
+      gold.insert(gold.end(), batch.labels.begin(), batch.labels.end());
+    }
+  }
+  model.train(was_training);
+  result.loss = loss_sum / static_cast<double>(features.features.size());
+  result.metrics["loss"] = result.loss;
+  if (predicts_classes(features.task)) {
+    result.metrics["accuracy"] = accuracy(gold, result.predictions);
+    result.metrics["macro_f1"] = macro_f1(gold, result.predictions);
+  }
+  return result;
+}
+
+// ---- checkpoints --------------------------------------------------------------------------------
+
+namespace {
+
+nlohmann::json evaluations_json(const std::vector<EvalRecord>& records) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& r : records) out.push_back({{"step", r.step}, {"epoch", r.epoch}, {"metrics", r.metrics}});
+  return out;
+}
+
+nlohmann::json state_json(const TrainerState& s) {
+  return {{"global_step", s.global_step},
+          {"epoch", s.epoch},
+          {"batch_in_epoch", s.batch_in_epoch},
+          {"evaluations_without_improvement", s.evaluations_without_improvement},
+          {"best_metric", s.best_metric ? nlohmann::json(*s.best_metric) : nlohmann::json(nullptr)},
+          {"best_step", s.best_step},
+          {"seed", s.seed},
+          {"train_loss", s.train_loss},
+          {"evaluations", evaluations_json(s.evaluations)}};
+}
+
+TrainerState state_from_json(const nlohmann::json& j) {
+  TrainerState s;
+  s.global_step = j.at("global_step").get<int64_t>();
+  s.epoch = j.at("epoch").get<int64_t>();
+  s.batch_in_epoch = j.at("batch_in_epoch").get<int64_t>();
+  s.evaluations_without_improvement = j.value("evaluations_without_improvement", int64_t{0});
+  if (j.contains("best_metric") && !j["best_metric"].is_null()) s.best_metric = j["best_metric"].get<double>();
+  s.best_step = j.value("best_step", int64_t{0});
+  s.seed = j.at("seed").get<uint64_t>();
+  if (j.contains("train_loss")) s.train_loss = j["train_loss"].get<std::vector<std::pair<int64_t, double>>>();
+  if (j.contains("evaluations")) {
+    for (const auto& r : j["evaluations"]) {
+      s.evaluations.push_back({r.at("step").get<int64_t>(), r.at("epoch").get<double>(),
+                               r.at("metrics").get<std::map<std::string, double>>()});
+    }
+  }
+  return s;
+}
+
+io::TensorMap trainable_tensors(const ParameterGroups& groups) {
+  io::TensorMap out;
+  for (const auto& [name, parameter] : all_named(groups)) out[name] = parameter.detach();
+  return out;
+}
+
+// Writes the checkpoint into a temporary folder and renames it to `dir`, so a checkpoint folder
+// is always complete.
+void write_checkpoint(const fs::path& dir, const ParameterGroups& groups, torch::optim::AdamW& optimizer,
+                      const TrainerState& state) {
+  const fs::path temporary = dir.parent_path() / ("." + dir.filename().string() + ".tmp");
+  io::remove_tree(temporary);
+  fs::create_directories(temporary);
+  io::write_safetensors(temporary / kTrainableFile, trainable_tensors(groups), {{"format", "pt"}});
+  io::write_safetensors(temporary / kOptimizerFile, adamw_state_tensors(optimizer, groups), {{"format", "pt"}});
+  io::write_file_atomic(temporary / kTrainerStateFile, state_json(state).dump(2) + "\n");
+  io::remove_tree(dir);
+  fs::rename(temporary, dir);
+}
+
+// Copies a complete checkpoint to `dir` (output_dir/best), replacing the previous one.
+void copy_checkpoint(const fs::path& from, const fs::path& dir) {
+  const fs::path temporary = dir.parent_path() / ("." + dir.filename().string() + ".tmp");
+  io::remove_tree(temporary);
+  fs::copy(from, temporary, fs::copy_options::recursive);
+  io::remove_tree(dir);
+  fs::rename(temporary, dir);
+}
+
+void load_trainable(const ParameterGroups& groups, const io::TensorMap& tensors, const std::string& source) {
+  torch::NoGradGuard no_grad;
+  const auto named = all_named(groups);
+  for (const auto& [name, parameter] : named) {
+    parameter.copy_(require_tensor(tensors, name, parameter, source));
+  }
+  ADAPTERS_CHECK(tensors.size() == named.size(), source, ": holds ", tensors.size(), " tensors, expected the ",
+                 named.size(), " trainable parameters of the model (was it saved with another adapter setup?)");
+}
+
+bool holds_a_run(const fs::path& dir) {
+  if (!fs::is_directory(dir)) return false;
+  if (fs::exists(dir / kTrainerStateFile)) return true;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (entry.is_directory() && entry.path().filename().string().rfind("checkpoint-", 0) == 0) return true;
+  }
+  return false;
+}
+
+// Removes what an earlier run wrote to `dir` (only the trainer's own files).
+void clear_run(const fs::path& dir) {
+  if (!fs::is_directory(dir)) return;
+  std::vector<fs::path> doomed;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("checkpoint-", 0) == 0 || name == "best" || name == kTrainerStateFile || name == "metrics.jsonl" ||
+        name == "curves.svg") {
+      doomed.push_back(entry.path());
+    }
+  }
+  for (const auto& path : doomed) io::remove_tree(path);
+}
+
+}  // namespace
+
+TrainerState read_trainer_state(const fs::path& checkpoint_dir) {
+  const fs::path file = checkpoint_dir / kTrainerStateFile;
+  try {
+    return state_from_json(nlohmann::json::parse(io::read_text_file(file)));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(str(file.string(), ": not a trainer state (", e.what(), ")"));
+  }
+}
+
+// ---- the loop's helpers -------------------------------------------------------------------------
+
+namespace {
+
+std::atomic<bool> g_sigint{false};
+
+extern "C" void on_sigint(int) { g_sigint.store(true); }
+
+// Installs the Ctrl-C handler for the life of the training loop and restores the previous one.
+class SigintGuard {
+ public:
+  explicit SigintGuard(bool enabled) : enabled_(enabled) {
+    g_sigint.store(false);
+    if (enabled_) previous_ = std::signal(SIGINT, on_sigint);
+  }
+  ~SigintGuard() {
+    if (enabled_) std::signal(SIGINT, previous_);
+  }
+  SigintGuard(const SigintGuard&) = delete;
+  SigintGuard& operator=(const SigintGuard&) = delete;
+
+ private:
+  bool enabled_;
+  void (*previous_)(int) = SIG_DFL;
+};
+
+// bf16 autocast on the CPU (or CUDA) for the guard's life, where this libtorch has it.
+class Bf16Autocast {
+ public:
+  Bf16Autocast(bool enabled, torch::Device device) : enabled_(enabled), cuda_(device.is_cuda()) {
+    if (!enabled_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    const auto type = cuda_ ? at::kCUDA : at::kCPU;
+    at::autocast::set_autocast_dtype(type, at::kBFloat16);
+    at::autocast::set_autocast_enabled(type, true);
+#else
+    if (cuda_) {
+      at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+      at::autocast::set_enabled(true);
+    } else {
+      at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+      at::autocast::set_cpu_enabled(true);
+    }
+#endif
+  }
+  ~Bf16Autocast() {
+    if (!enabled_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(cuda_ ? at::kCUDA : at::kCPU, false);
+#else
+    if (cuda_) at::autocast::set_enabled(false); else at::autocast::set_cpu_enabled(false);
+#endif
+    at::autocast::clear_cache();
+  }
+  Bf16Autocast(const Bf16Autocast&) = delete;
+  Bf16Autocast& operator=(const Bf16Autocast&) = delete;
+
+ private:
+  bool enabled_, cuda_;
+};
+
+// splitmix64: the seed of the random draws (dropout) of one micro-batch, so that they depend only
+// on the run's seed and the batch's position, never on what ran before (resume stays exact).
+uint64_t micro_batch_seed(uint64_t seed, int64_t epoch, int64_t batch) {
+  uint64_t z = seed + 0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(epoch * 1000003 + batch + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFFULL;
+}
+
+bool lower_is_better(const std::string& metric) { return metric == "loss"; }
+
+void check_options(const TrainerOptions& o) {
+  ADAPTERS_CHECK(!o.output_dir.empty(), "option output_dir: expected a folder for checkpoints and logs, found none");
+  ADAPTERS_CHECK(o.batch_size > 0, "option batch_size: expected > 0, found ", o.batch_size);
+  ADAPTERS_CHECK(o.epochs > 0 || o.max_steps > 0, "options epochs / max_steps: expected one > 0, found ", o.epochs,
+                 " / ", o.max_steps);
+  ADAPTERS_CHECK(o.grad_accumulation > 0, "option grad_accumulation: expected > 0, found ", o.grad_accumulation);
+  ADAPTERS_CHECK(o.learning_rate > 0, "option learning_rate: expected > 0, found ", o.learning_rate);
+  ADAPTERS_CHECK(o.warmup_ratio >= 0 && o.warmup_ratio <= 1, "option warmup_ratio: expected [0, 1], found ",
+                 o.warmup_ratio);
+  ADAPTERS_CHECK(o.metric_for_best == "accuracy" || o.metric_for_best == "macro_f1" || o.metric_for_best == "loss",
+                 "option metric_for_best: expected accuracy, macro_f1 or loss, found '", o.metric_for_best, "'");
+  parse_schedule(o.schedule);
+}
+
+void check_output_dir(const TrainerOptions& o) {
+  if (!holds_a_run(o.output_dir)) return;
+  if (!o.resume_from.empty()) return;
+  ADAPTERS_CHECK(o.overwrite, "output_dir '", o.output_dir.string(),
+                 "' already holds a training run (trainer_state.json or checkpoint-*); set overwrite to replace it ",
+                 "or resume_from to continue from one of its checkpoints");
+  clear_run(o.output_dir);
+}
+
+std::vector<Series> chart_series(const TrainerState& state, const std::string& metric) {
+  Series train_loss{"train loss", {}, Panel::Loss};
+  for (const auto& [step, loss] : state.train_loss) train_loss.points.emplace_back(step, loss);
+  Series eval_loss{"validation loss", {}, Panel::Loss};
+  Series eval_metric{"validation " + (metric == "loss" ? std::string("accuracy") : metric), {}, Panel::Metric};
+  const std::string shown = metric == "loss" ? "accuracy" : metric;
+  for (const auto& r : state.evaluations) {
+    if (r.metrics.count("loss")) eval_loss.points.emplace_back(r.step, r.metrics.at("loss"));
+    if (r.metrics.count(shown)) eval_metric.points.emplace_back(r.step, r.metrics.at(shown));
+  }
+  std::vector<Series> series = {train_loss, eval_loss};
+  if (!eval_metric.points.empty()) series.push_back(eval_metric);
+  return series;
+}
+
+}  // namespace
+
+// ---- the trainer --------------------------------------------------------------------------------
+
+Trainer::Trainer(TrainerOptions options) : options_(std::move(options)) { check_options(options_); }
+
+TrainResult Trainer::train(AdapterModel& model, const FeatureSet& train_set, const FeatureSet* validation) {
+  const TrainerOptions& o = options_;
+  ADAPTERS_CHECK(!train_set.features.empty(), "train: expected training features, found an empty set");
+  check_output_dir(o);
+  fs::create_directories(o.output_dir);
+  stop_requested_.store(false);
+  SigintGuard sigint(o.handle_sigint);
+
+  model->to(o.device);
+  model->train(true);
+  const ParameterGroups groups = trainable_parameter_groups(*model);
+  const std::vector<Tensor> trainable = tensors_of(all_named(groups));
+  auto optimizer = make_adamw(groups, o.learning_rate, o.weight_decay);
+  const Schedule schedule = parse_schedule(o.schedule);
+
+  // Where the run starts: fresh, or where a checkpoint left off.
+  TrainerState state;
+  state.seed = o.seed;
+  if (!o.resume_from.empty()) {
+    state = read_trainer_state(o.resume_from);
+    load_trainable(groups, io::read_checkpoint(o.resume_from / kTrainableFile),
+                   (o.resume_from / kTrainableFile).string());
+    load_adamw_state(*optimizer, groups, io::read_checkpoint(o.resume_from / kOptimizerFile),
+                     (o.resume_from / kOptimizerFile).string());
+    if (state.seed != o.seed) log::warn(str("resume: using the checkpoint's seed ", state.seed, " (not ", o.seed, ")"));
+  }
+  const uint64_t seed = state.seed;
+  torch::manual_seed(seed);
+
+  const BatchOptions first_plan{o.batch_size, true, seed, o.bucket_by_length};
+  const int64_t batches_per_epoch = static_cast<int64_t>(plan_batches(train_set, first_plan).size());
+  const int64_t steps_per_epoch = (batches_per_epoch + o.grad_accumulation - 1) / o.grad_accumulation;
+  const int64_t total_steps = o.max_steps > 0 ? o.max_steps : o.epochs * steps_per_epoch;
+  const int64_t warmup_steps =
+      o.warmup_steps > 0 ? o.warmup_steps : static_cast<int64_t>(std::ceil(o.warmup_ratio * total_steps));
+
+  MetricsLog metrics_log(o.output_dir / "metrics.jsonl");
+  std::optional<ProgressBar> progress;
+  if (o.show_progress) {
+    ProgressOptions p;
+    p.total_steps = static_cast<size_t>(total_steps);
+    p.initial_step = static_cast<size_t>(state.global_step);
+    progress.emplace(std::cerr, p);
+  }
+  auto say = [&](const std::string& line) {
+    if (progress) progress->message(line);
+  };
+
+  TrainResult result;
+  result.total_steps = total_steps;
+  double loss_since_log = 0;
+  int64_t steps_since_log = 0;
+  auto fractional_epoch = [&] {
+    return static_cast<double>(state.epoch) + static_cast<double>(state.batch_in_epoch) / batches_per_epoch;
+  };
+  auto checkpoint = [&] {
+    const fs::path dir = o.output_dir / ("checkpoint-" + std::to_string(state.global_step));
+    write_checkpoint(dir, groups, *optimizer, state);
+    result.last_checkpoint = dir;
+    return dir;
+  };
+  // Evaluates (when there is validation data), logs, checkpoints and tracks the best; returns
+  // whether early stopping says to stop.
+  auto evaluate_and_checkpoint = [&] {
+    std::optional<EvalRecord> record;
+    bool improved = false;
+    if (validation != nullptr) {
+      const EvalResult eval = evaluate(*model, *validation, o.batch_size, o.device);
+      record = EvalRecord{state.global_step, fractional_epoch(), eval.metrics};
+      state.evaluations.push_back(*record);
+      metrics_log.write({state.global_step, record->epoch, "validation", eval.metrics});
+      // Tasks without the metric (regression, ...) fall back to the loss.
+      const std::string metric = eval.metrics.count(o.metric_for_best) ? o.metric_for_best : "loss";
+      const double value = eval.metrics.at(metric);
+      improved = !state.best_metric || (lower_is_better(metric) ? value < *state.best_metric : value > *state.best_metric);
+      if (improved) {
+        state.best_metric = value;
+        state.best_step = state.global_step;
+        state.evaluations_without_improvement = 0;
+      } else {
+        ++state.evaluations_without_improvement;
+      }
+      std::ostringstream line;
+      line << "step " << state.global_step << " validation";
+      for (const auto& [name, v] : eval.metrics) line << " " << name << "=" << v;
+      say(line.str());
+    }
+    const fs::path dir = checkpoint();
+    if (improved) copy_checkpoint(dir, o.output_dir / "best");
+    return o.early_stopping_patience > 0 && state.evaluations_without_improvement >= o.early_stopping_patience;
+  };
+
+  Bf16Autocast autocast(o.bf16, o.device);
+  std::string status = "completed";
+  bool stop = state.global_step >= total_steps;
+  const int64_t start_epoch = state.epoch, start_batch = state.batch_in_epoch;
+  for (int64_t epoch = start_epoch; !stop; ++epoch) {
+    const auto plan = plan_batches(train_set, {o.batch_size, true, seed + static_cast<uint64_t>(epoch), o.bucket_by_length});
+    const int64_t n = static_cast<int64_t>(plan.size());
+    for (int64_t b = epoch == start_epoch ? start_batch : 0; b < n && !stop; ++b) {
+      // One micro-batch: forward, backward with the loss scaled by its accumulation group's size.
+      const int64_t group_start = b - b % o.grad_accumulation;
+      const int64_t group_size = std::min<int64_t>(o.grad_accumulation, n - group_start);
+      torch::manual_seed(micro_batch_seed(seed, epoch, b));
+      const Batch batch = collate(train_set, plan[static_cast<size_t>(b)]);
+      ForwardOptions forward;
+      forward.head_inputs = to_head_inputs(batch, train_set.task, o.device);
+      const ModelOutput out = model->forward(to_inputs(batch, o.device), forward);
+      ADAPTERS_CHECK(out.loss.defined(), "train: the model returned no loss (expected an active head for task ",
+                     to_string(train_set.task), ")");
+      (out.loss / static_cast<double>(group_size)).backward();
+      loss_since_log += out.loss.item<double>() / static_cast<double>(group_size);
+      if (b + 1 != group_start + group_size) continue;
+
+      // One optimizer step.
+      if (o.max_grad_norm > 0) torch::nn::utils::clip_grad_norm_(trainable, o.max_grad_norm);
+      set_learning_rate(*optimizer, o.learning_rate * lr_multiplier(schedule, state.global_step, warmup_steps, total_steps));
+      optimizer->step();
+      optimizer->zero_grad();
+      ++state.global_step;
+      ++steps_since_log;
+      // Where a resumed run would continue: the next micro-batch.
+      state.epoch = b + 1 == n ? epoch + 1 : epoch;
+      state.batch_in_epoch = b + 1 == n ? 0 : b + 1;
+      if (progress) progress->update(static_cast<size_t>(state.global_step), loss_since_log / steps_since_log);
+      if (steps_since_log >= std::max<int64_t>(1, o.log_every) || state.global_step == total_steps) {
+        const double mean = loss_since_log / steps_since_log;
+        state.train_loss.emplace_back(state.global_step, mean);
+        metrics_log.write({state.global_step, fractional_epoch(), "train",
+                           {{"loss", mean}, {"learning_rate", optimizer->param_groups()[0].options().get_lr()}}});
+        loss_since_log = 0;
+        steps_since_log = 0;
+      }
+      if (o.on_step) o.on_step(state.global_step);
+
+      const bool epoch_done = b + 1 == n;
+      const bool last = state.global_step >= total_steps;
+      const bool due = o.eval_every_steps > 0 ? state.global_step % o.eval_every_steps == 0 : epoch_done;
+      if (due || last) {
+        if (evaluate_and_checkpoint() && !last) {
+          status = "early_stopped";
+          stop = true;
+        }
+      }
+      if (last) stop = true;
+      if (!stop && (g_sigint.load() || stop_requested_.load())) {
+        if (!(due || last)) checkpoint();
+        say(str("stopped at step ", state.global_step, "; resume from ", result.last_checkpoint.string()));
+        status = "interrupted";
+        stop = true;
+      }
+    }
+  }
+  if (progress) progress->finish();
+
+  io::write_file_atomic(o.output_dir / kTrainerStateFile, state_json(state).dump(2) + "\n");
+  ChartOptions chart;
+  chart.title = "training curves";
+  chart.metric_label = o.metric_for_best == "loss" ? "accuracy" : o.metric_for_best;
+  write_svg(o.output_dir / "curves.svg", chart_series(state, o.metric_for_best), chart);
+
+  result.status = status;
+  result.global_step = state.global_step;
+  result.epoch = fractional_epoch();
+  result.train_loss = state.train_loss;
+  result.evaluations = state.evaluations;
+  result.best_metric = state.best_metric;
+  if (fs::exists(o.output_dir / "best")) result.best_checkpoint = o.output_dir / "best";
+  return result;
+}
+
+}  // namespace adapters::train

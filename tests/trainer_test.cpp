@@ -1,0 +1,320 @@
+// Tests of the training loop on the tiny fixture BERT (vocab 99, hidden 32): it learns a synthetic
+// task, changes only the trainable parameters, checkpoints only those (plus optimizer state),
+// resumes bit for bit, refuses to clobber a run, and groups weight decay as the reference does.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <random>
+
+#include "adapters/core/error.h"
+#include "adapters/io/tensors.h"
+#include "adapters/train/metrics.h"
+#include "adapters/train/trainer.h"
+
+using namespace adapters;
+using namespace adapters::train;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Label 1 iff marker tokens (ids 4..7) occur in the row.
+constexpr int64_t kFirstMarker = 4, kMarkers = 4;
+
+// Rows of 6..12 random ids (10..98) between [CLS]=2 and [SEP]=3; in every second row (label 1)
+// about half the tokens are replaced by markers.
+FeatureSet marker_task(size_t size, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  FeatureSet set;
+  set.task = TaskKind::SequenceClassification;
+  set.num_labels = 2;
+  for (size_t i = 0; i < size; ++i) {
+    const size_t length = 6 + rng() % 7;
+    std::vector<int64_t> ids = {2};
+    for (size_t t = 0; t < length; ++t) ids.push_back(10 + static_cast<int64_t>(rng() % 89));
+    const int64_t label = static_cast<int64_t>(i % 2);
+    if (label == 1) {
+      ids[1 + rng() % length] = kFirstMarker;
+      for (size_t t = 1; t <= length; ++t) {
+        if (rng() % 2 == 0) ids[t] = kFirstMarker + static_cast<int64_t>(rng() % kMarkers);
+      }
+    }
+    ids.push_back(3);
+    Feature feature;
+    feature.example = i;
+    feature.rows.push_back({ids, std::vector<int64_t>(ids.size(), 0)});
+    feature.label = label;
+    set.features.push_back(std::move(feature));
+  }
+  return set;
+}
+
+std::vector<int64_t> labels_of(const FeatureSet& set) {
+  std::vector<int64_t> out;
+  for (const auto& f : set.features) out.push_back(f.label);
+  return out;
+}
+
+AdapterModel tiny_model(const std::string& adapter_config) {
+  torch::manual_seed(0);
+  AdapterModel model = load_pretrained(fs::path(ADAPTERS_FIXTURES) / "adapterhub/models/bert");
+  model->add_adapter("task", adapter_config);
+  model->add_classification_head("task", 2);
+  model->train_adapter("task");
+  return model;
+}
+
+fs::path fresh_dir(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("adapters_trainer_test_" + name);
+  io::remove_tree(dir);
+  return dir;
+}
+
+TrainerOptions quick_options(const fs::path& dir) {
+  TrainerOptions o;
+  o.output_dir = dir;
+  o.epochs = 3;
+  o.batch_size = 16;
+  o.learning_rate = 5e-3;
+  o.weight_decay = 0.01;
+  o.warmup_ratio = 0.1;
+  o.log_every = 4;
+  o.show_progress = false;
+  o.seed = 7;
+  return o;
+}
+
+std::map<std::string, torch::Tensor> snapshot(const torch::nn::Module& model) {
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& item : model.named_parameters()) out[item.key()] = item.value().detach().clone();
+  return out;
+}
+
+std::set<std::string> trainable_names(const torch::nn::Module& model) {
+  std::set<std::string> out;
+  for (const auto& item : model.named_parameters()) {
+    if (item.value().requires_grad()) out.insert(item.key());
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(Trainer, LearnsTheMarkerTaskAndLogsIt) {
+  const FeatureSet train = marker_task(256, 1), validation = marker_task(64, 2);
+  AdapterModel model = tiny_model("seq_bn");
+  const fs::path dir = fresh_dir("learns");
+  TrainerOptions options = quick_options(dir);
+  options.epochs = 10;
+  options.log_every = 16;  // one train-loss point per epoch
+  const TrainResult result = Trainer(options).train(model, train, &validation);
+
+  EXPECT_EQ(result.status, "completed");
+  EXPECT_EQ(result.global_step, 10 * 16);
+  ASSERT_GE(result.train_loss.size(), 2u);
+  EXPECT_LT(result.train_loss.back().second, 0.8 * result.train_loss.front().second);
+  EXPECT_LT(result.evaluations.back().metrics.at("loss"), result.evaluations.front().metrics.at("loss"));
+  ASSERT_EQ(result.evaluations.size(), 10u);  // one per epoch
+  const double baseline = majority_baseline_accuracy(labels_of(train), labels_of(validation));
+  EXPECT_GT(result.evaluations.back().metrics.at("accuracy"), baseline + 0.2);
+  EXPECT_TRUE(fs::exists(dir / "metrics.jsonl"));
+  EXPECT_TRUE(fs::exists(dir / "curves.svg"));
+  EXPECT_TRUE(fs::exists(dir / "best" / kTrainableFile));
+  EXPECT_TRUE(fs::exists(dir / "checkpoint-160" / kTrainerStateFile));
+  ASSERT_TRUE(result.best_metric.has_value());
+  EXPECT_EQ(read_trainer_state(dir / "best").global_step, read_trainer_state(dir).best_step);
+}
+
+TEST(Trainer, ChangesOnlyTrainableParameters) {
+  const FeatureSet train = marker_task(64, 3);
+  AdapterModel model = tiny_model("lora[r=8]");
+  const auto before = snapshot(*model);
+  const auto trainable = trainable_names(*model);
+  TrainerOptions options = quick_options(fresh_dir("only_trainable"));
+  options.epochs = 1;
+  Trainer(options).train(model, train);
+
+  size_t changed = 0;
+  for (const auto& item : model->named_parameters()) {
+    const bool same = torch::equal(before.at(item.key()), item.value().detach());
+    if (trainable.count(item.key())) {
+      changed += same ? 0 : 1;
+    } else {
+      EXPECT_TRUE(same) << "frozen parameter changed: " << item.key();
+    }
+  }
+  EXPECT_GT(changed, 0u);
+}
+
+TEST(Trainer, CheckpointHoldsOnlyTrainableParametersAndOptimizerState) {
+  const FeatureSet train = marker_task(32, 4);
+  AdapterModel model = tiny_model("lora[r=8]");
+  const fs::path dir = fresh_dir("checkpoint");
+  TrainerOptions options = quick_options(dir);
+  options.epochs = 1;
+  Trainer(options).train(model, train);
+
+  const auto trainable = trainable_names(*model);
+  const io::TensorMap saved = io::read_checkpoint(dir / "checkpoint-2" / kTrainableFile);
+  std::set<std::string> saved_names;
+  for (const auto& [name, tensor] : saved) saved_names.insert(name);
+  EXPECT_EQ(saved_names, trainable);
+  for (const auto& name : saved_names) {
+    EXPECT_TRUE(name.find("lora") != std::string::npos || name.rfind("heads.", 0) == 0) << name;
+  }
+  const io::TensorMap optimizer = io::read_checkpoint(dir / "checkpoint-2" / kOptimizerFile);
+  for (const auto& name : trainable) {
+    EXPECT_TRUE(optimizer.count(name + ".exp_avg")) << name;
+    EXPECT_TRUE(optimizer.count(name + ".exp_avg_sq")) << name;
+    ASSERT_TRUE(optimizer.count(name + ".step")) << name;
+    EXPECT_EQ(optimizer.at(name + ".step").item<int64_t>(), 2);
+  }
+  const TrainerState state = read_trainer_state(dir / "checkpoint-2");
+  EXPECT_EQ(state.global_step, 2);
+  EXPECT_EQ(state.epoch, 1);
+  EXPECT_EQ(state.batch_in_epoch, 0);
+}
+
+TEST(Trainer, ResumeFromAnInterruptedRunIsBitIdentical) {
+  const FeatureSet train = marker_task(80, 5), validation = marker_task(16, 6);
+  TrainerOptions base = quick_options({});
+  base.epochs = 2;
+  base.grad_accumulation = 2;  // 5 batches per epoch: steps of 2, 2, 1 micro-batches
+  base.schedule = "cosine";
+
+  AdapterModel uninterrupted = tiny_model("lora[r=8]");
+  TrainerOptions full = base;
+  full.output_dir = fresh_dir("resume_full");
+  EXPECT_EQ(Trainer(full).train(uninterrupted, train, &validation).status, "completed");
+
+  // Stopped mid-epoch after step 2 (of 3 per epoch), as Ctrl-C would.
+  AdapterModel first_half = tiny_model("lora[r=8]");
+  TrainerOptions stopped = base;
+  stopped.output_dir = fresh_dir("resume_split");
+  TrainerOptions with_stop = stopped;
+  Trainer* self = nullptr;
+  with_stop.on_step = [&self](int64_t step) {
+    if (step == 2) self->request_stop();
+  };
+  Trainer interrupting(with_stop);
+  self = &interrupting;
+  const TrainResult partial = interrupting.train(first_half, train, &validation);
+  EXPECT_EQ(partial.status, "interrupted");
+  EXPECT_EQ(partial.global_step, 2);
+  const TrainerState position = read_trainer_state(stopped.output_dir / "checkpoint-2");
+  EXPECT_EQ(position.epoch, 0);
+  EXPECT_EQ(position.batch_in_epoch, 4);
+
+  AdapterModel resumed = tiny_model("lora[r=8]");
+  TrainerOptions resume = stopped;
+  resume.resume_from = stopped.output_dir / "checkpoint-2";
+  const TrainResult rest = Trainer(resume).train(resumed, train, &validation);
+  EXPECT_EQ(rest.status, "completed");
+  EXPECT_EQ(rest.global_step, 6);
+
+  const auto expected = snapshot(*uninterrupted);
+  for (const auto& item : resumed->named_parameters()) {
+    EXPECT_TRUE(torch::equal(expected.at(item.key()), item.value().detach())) << item.key();
+  }
+}
+
+TEST(Trainer, RefusesAnOutputDirHoldingARun) {
+  const FeatureSet train = marker_task(16, 7);
+  const fs::path dir = fresh_dir("refuse");
+  TrainerOptions options = quick_options(dir);
+  options.epochs = 1;
+  AdapterModel model = tiny_model("lora[r=8]");
+  Trainer(options).train(model, train);
+  try {
+    Trainer(options).train(model, train);
+    FAIL() << "expected adapters::Error";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find(dir.string()), std::string::npos) << message;
+    EXPECT_NE(message.find("overwrite"), std::string::npos) << message;
+    EXPECT_NE(message.find("resume_from"), std::string::npos) << message;
+  }
+  options.overwrite = true;
+  EXPECT_EQ(Trainer(options).train(model, train).status, "completed");
+}
+
+TEST(Trainer, WeightDecaySkipsBiasesAndNorms) {
+  EXPECT_TRUE(exempt_from_weight_decay("bert.encoder.layer.0.output.dense.bias", torch::zeros({4})));
+  EXPECT_TRUE(exempt_from_weight_decay("bert.embeddings.LayerNorm.weight", torch::zeros({4})));
+  EXPECT_TRUE(exempt_from_weight_decay("x.adapter_norm_before.weight", torch::zeros({4})));
+  EXPECT_FALSE(exempt_from_weight_decay("bert.encoder.layer.0.output.dense.weight", torch::zeros({4, 4})));
+  EXPECT_FALSE(exempt_from_weight_decay("x.normalizer.weight", torch::zeros({4, 4})));
+
+  AdapterModel model = tiny_model("seq_bn");
+  const ParameterGroups groups = trainable_parameter_groups(*model);
+  EXPECT_EQ(groups.size(), trainable_names(*model).size());
+  for (const auto& [name, p] : groups.no_decay) EXPECT_TRUE(p.dim() == 1) << name;
+  for (const auto& [name, p] : groups.decay) EXPECT_FALSE(name.size() >= 4 && name.substr(name.size() - 4) == "bias") << name;
+  ASSERT_FALSE(groups.decay.empty());
+  ASSERT_FALSE(groups.no_decay.empty());
+  auto optimizer = make_adamw(groups, 1e-3, 0.05);
+  ASSERT_EQ(optimizer->param_groups().size(), 2u);
+  auto decay_of = [&](size_t i) {
+    return static_cast<torch::optim::AdamWOptions&>(optimizer->param_groups()[i].options()).weight_decay();
+  };
+  EXPECT_DOUBLE_EQ(decay_of(0), 0.05);
+  EXPECT_DOUBLE_EQ(decay_of(1), 0.0);
+  EXPECT_EQ(optimizer->param_groups()[0].params().size(), groups.decay.size());
+}
+
+TEST(Trainer, ScheduleWarmsUpThenDecays) {
+  EXPECT_DOUBLE_EQ(lr_multiplier(Schedule::Linear, 0, 10, 110), 0.0);
+  EXPECT_DOUBLE_EQ(lr_multiplier(Schedule::Linear, 5, 10, 110), 0.5);
+  EXPECT_DOUBLE_EQ(lr_multiplier(Schedule::Linear, 10, 10, 110), 1.0);
+  EXPECT_DOUBLE_EQ(lr_multiplier(Schedule::Linear, 60, 10, 110), 0.5);
+  EXPECT_DOUBLE_EQ(lr_multiplier(Schedule::Linear, 110, 10, 110), 0.0);
+  EXPECT_NEAR(lr_multiplier(Schedule::Cosine, 60, 10, 110), 0.5, 1e-12);
+  EXPECT_NEAR(lr_multiplier(Schedule::Cosine, 110, 10, 110), 0.0, 1e-12);
+  EXPECT_DOUBLE_EQ(lr_multiplier(Schedule::Constant, 100, 10, 110), 1.0);
+  EXPECT_THROW(parse_schedule("exponential"), Error);
+}
+
+TEST(Trainer, MultipleChoiceBatchesFlattenToRows) {
+  Batch batch;
+  batch.batch_size = 2;
+  batch.num_choices = 3;
+  batch.seq_len = 4;
+  batch.input_ids.assign(24, 5);
+  batch.attention_mask.assign(24, 1);
+  batch.labels = {0, 2};
+  const auto inputs = to_inputs(batch, torch::kCPU);
+  EXPECT_EQ(inputs.input_ids.sizes(), (std::vector<int64_t>{6, 4}));
+  EXPECT_EQ(inputs.attention_mask.sizes(), (std::vector<int64_t>{6, 4}));
+  EXPECT_FALSE(inputs.token_type_ids.defined());
+  const auto targets = to_head_inputs(batch, TaskKind::MultipleChoice, torch::kCPU);
+  EXPECT_EQ(targets.at("labels").sizes(), (std::vector<int64_t>{2}));
+}
+
+TEST(Trainer, CtrlCSavesAResumableCheckpointAndStops) {
+  const FeatureSet train = marker_task(64, 8);
+  AdapterModel model = tiny_model("lora[r=8]");
+  const fs::path dir = fresh_dir("sigint");
+  TrainerOptions options = quick_options(dir);
+  options.on_step = [](int64_t step) {
+    if (step == 1) std::raise(SIGINT);
+  };
+  const TrainResult result = Trainer(options).train(model, train);
+  EXPECT_EQ(result.status, "interrupted");
+  EXPECT_EQ(result.global_step, 1);
+  EXPECT_EQ(result.last_checkpoint, dir / "checkpoint-1");
+  EXPECT_EQ(read_trainer_state(dir / "checkpoint-1").batch_in_epoch, 1);
+}
+
+TEST(Trainer, Bf16AutocastTrainsWithFiniteLoss) {
+  const FeatureSet train = marker_task(32, 9);
+  AdapterModel model = tiny_model("lora[r=8]");
+  TrainerOptions options = quick_options(fresh_dir("bf16"));
+  options.epochs = 1;
+  options.log_every = 1;
+  options.bf16 = true;
+  const TrainResult result = Trainer(options).train(model, train);
+  EXPECT_EQ(result.status, "completed");
+  for (const auto& [step, loss] : result.train_loss) EXPECT_TRUE(std::isfinite(loss)) << step;
+  for (const auto& item : model->named_parameters()) EXPECT_EQ(item.value().scalar_type(), torch::kFloat) << item.key();
+}
