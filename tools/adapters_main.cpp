@@ -15,12 +15,16 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.footer(
       "Examples:\n"
-      "  adapters info --model assets/tiny-bert --adapter-config \"seq_bn[reduction_factor=8]\"\n"
+      "  adapters info --model assets/tiny-encoder --adapter-config \"seq_bn[reduction_factor=8]\"\n"
+      "  adapters train --model assets/tiny-encoder --adapter-config \"lora[r=8]\" --train train.jsonl --output runs/lora\n"
+      "  adapters predict --model assets/tiny-encoder --adapter runs/lora/adapter --text \"free pizza\"\n"
       "  adapters fixtures tests/fixtures/adapterhub --out build/fixtures --only '^bert__'\n"
-      "  adapters demo --model assets/tiny-bert --out build/demo");
+      "  adapters demo --data build/demo/data --out build/demo");
   adapters::cli::add_fixtures_command(app);
   adapters::cli::add_info_command(app);
-  adapters::cli::add_demo_command(app);
+#ifdef ADAPTERS_WITH_TRAINING
+  adapters::cli::add_training_commands(app);
+#endif
 #ifdef ADAPTERS_WITH_TOKENIZER
   adapters::tokenizer::add_tokenize_command(app);
 #endif

@@ -7,6 +7,7 @@ namespace adapters::cli {
 
 void add_fixtures_command(CLI::App& app);  // adapters fixtures ROOT --out DIR [--only REGEX] [--weights bin|safetensors]
 void add_info_command(CLI::App& app);      // adapters info --model DIR [--adapter DIR]... [--adapter-config SPEC]
-void add_demo_command(CLI::App& app);      // adapters demo --model DIR --out DIR
+// train, eval, predict, pretrain, demo (train_commands.cpp; built with the training library).
+void add_training_commands(CLI::App& app);
 
 }  // namespace adapters::cli

@@ -92,7 +92,9 @@ ModelOutput AdapterModelImpl::forward(const ModelInputs& raw_inputs, const Forwa
   ctx.output_gating_scores = options.output_gating_scores;
   ctx.output_fusion_attentions = options.output_fusion_attentions;
   models::BaseModelOutput base = base_->forward(inputs, ctx);
-  ModelOutput out{base.last_hidden_state, base.pooler_output};
+  ModelOutput out;
+  out.last_hidden_state = base.last_hidden_state;
+  out.pooler_output = base.pooler_output;
   if (!options.skip_heads) run_heads(base, inputs, options, ctx, out);
   out.gating_scores = std::move(ctx.gating_scores);
   out.fusion_attentions = std::move(ctx.fusion_attentions);

@@ -1,0 +1,53 @@
+# `adapters train`, `eval` and `predict` end to end on a tiny dataset, and their errors.
+file(REMOVE_RECURSE ${OUT})
+set(common --model ${MODEL} --tokenizer ${TOKENIZER})
+execute_process(COMMAND ${ADAPTERS} train ${common} --adapter-config "lora[r=4]" --train ${DATA}/train.jsonl
+                        --validation ${DATA}/validation.jsonl --test ${DATA}/test.jsonl --output ${OUT}/run
+                        --epochs 2 --batch-size 8 --no-progress
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "adapters train exited ${rc}: ${out} ${err}")
+endif()
+foreach(f results.json metrics.jsonl curves.svg best/trainable.safetensors adapter/adapter_config.json
+          adapter/adapter.safetensors adapter/head_config.json adapter/head.safetensors)
+  if(NOT EXISTS ${OUT}/run/${f})
+    message(FATAL_ERROR "adapters train wrote no ${f}")
+  endif()
+endforeach()
+file(READ ${OUT}/run/results.json results)
+string(JSON accuracy GET ${results} test accuracy)
+string(JSON status GET ${results} status)
+if(NOT status STREQUAL "completed")
+  message(FATAL_ERROR "train status ${status}")
+endif()
+# A second run into the same folder is refused (exit 1, the folder named), unless --overwrite.
+execute_process(COMMAND ${ADAPTERS} train ${common} --adapter-config lora --train ${DATA}/train.jsonl --output ${OUT}/run
+                        --epochs 1 --no-progress
+                RESULT_VARIABLE rc OUTPUT_QUIET ERROR_VARIABLE err)
+if(NOT rc EQUAL 1 OR NOT err MATCHES "overwrite")
+  message(FATAL_ERROR "expected exit 1 naming --overwrite for an existing run, found ${rc}: ${err}")
+endif()
+# eval prints the metrics; predict one JSON line per text with a known label.
+execute_process(COMMAND ${ADAPTERS} eval ${common} --adapter ${OUT}/run/adapter --data ${DATA}/test.jsonl
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0 OR NOT out MATCHES "\"accuracy\"")
+  message(FATAL_ERROR "adapters eval exited ${rc}: ${out} ${err}")
+endif()
+execute_process(COMMAND ${ADAPTERS} predict ${common} --adapter ${OUT}/run/adapter --text "the dog was good" --text "it was bad"
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+string(REGEX MATCHALL "\"label\":\"(pos|neg)\"" labels "${out}")
+list(LENGTH labels n)
+if(NOT rc EQUAL 0 OR NOT n EQUAL 2)
+  message(FATAL_ERROR "adapters predict exited ${rc}, ${n} labels: ${out} ${err}")
+endif()
+# Usage errors exit 2; a malformed data line exits 1 naming file and line.
+execute_process(COMMAND ${ADAPTERS} train --no-such-option RESULT_VARIABLE rc OUTPUT_QUIET ERROR_QUIET)
+if(NOT rc EQUAL 2)
+  message(FATAL_ERROR "expected exit 2 for a usage error, found ${rc}")
+endif()
+execute_process(COMMAND ${ADAPTERS} train ${common} --adapter-config lora --train ${MALFORMED} --output ${OUT}/bad
+                        --no-progress
+                RESULT_VARIABLE rc OUTPUT_QUIET ERROR_VARIABLE err)
+if(NOT rc EQUAL 1 OR NOT err MATCHES "malformed.jsonl:3")
+  message(FATAL_ERROR "expected exit 1 naming malformed.jsonl:3, found ${rc}: ${err}")
+endif()
