@@ -10,6 +10,7 @@
 #include <iostream>
 #include <memory>
 #include <random>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "adapters/core/log.h"
@@ -192,7 +193,11 @@ struct TrainOutcome {
   fs::path saved;
 };
 
+// libtorch's intra-op pool may start with one thread: use every core.
+void use_all_cores() { torch::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))); }
+
 TrainOutcome run_training(const TrainArgs& a, const DataArgs& d) {
+  use_all_cores();
   const fs::path model_dir = hub::resolve_model(a.model);
   const Tokenizer tok = Tokenizer::from_pretrained(a.tokenizer.empty() ? model_dir : fs::path(a.tokenizer));
   tr::DataFiles files{d.train};
@@ -230,16 +235,27 @@ TrainOutcome run_training(const TrainArgs& a, const DataArgs& d) {
 
   TrainOutcome out;
   out.trainable = trainable_parameters(model);
+  // Step time: the median interval between optimizer steps (evaluations and checkpoints, which
+  // fall between epochs, land in the few longest intervals).
+  std::vector<double> intervals;
+  auto last = std::chrono::steady_clock::now();
+  options.on_step = [&](std::int64_t) {
+    const auto now = std::chrono::steady_clock::now();
+    intervals.push_back(std::chrono::duration<double, std::milli>(now - last).count());
+    last = now;
+  };
   reset_peak_memory();
-  const auto start = std::chrono::steady_clock::now();
   out.result = tr::Trainer(options).train(model, train, validation ? &*validation : nullptr);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   out.peak_mb = peak_memory_mb();
-  out.step_ms = out.result.global_step > 0 ? 1000.0 * seconds / static_cast<double>(out.result.global_step) : 0.0;
+  if (intervals.size() > 1) {
+    intervals.erase(intervals.begin());  // the first interval includes the set-up
+    std::nth_element(intervals.begin(), intervals.begin() + static_cast<std::ptrdiff_t>(intervals.size() / 2), intervals.end());
+    out.step_ms = intervals[intervals.size() / 2];
+  }
   if (!out.result.best_checkpoint.empty() && fs::exists(out.result.best_checkpoint / tr::kTrainableFile)) {
     restore_checkpoint(model, out.result.best_checkpoint);
   }
-  if (test) out.test_metrics = tr::evaluate(*model, *test, options.batch_size, device).metrics;
+  if (test) out.test_metrics = tr::evaluate(*model, *test, options.batch_size, device, &data.test).metrics;
 
   out.saved = fs::path(a.output) / (a.full ? "model" : "adapter");
   if (a.full) {
@@ -357,7 +373,7 @@ void add_eval(CLI::App& app) {
     tr::Dataset ds = tr::read_dataset(*data, d->read_options());
     report_skipped(ds);
     const tr::FeatureSet features = tr::make_features(tok, ds, labels ? *labels : tr::LabelMap(), {d->max_length});
-    const tr::EvalResult r = tr::evaluate(*model, features, u->batch_size, parse_device(u->device));
+    const tr::EvalResult r = tr::evaluate(*model, features, u->batch_size, parse_device(u->device), &ds);
     std::cout << json(r.metrics).dump() << '\n';
   });
 }
@@ -479,6 +495,7 @@ void add_pretrain(CLI::App& app) {
     const auto rows = corpus_rows(tok, a->corpus, a->max_length);
     std::cerr << "pretrain: " << rows.size() << " rows from " << a->corpus << '\n';
 
+    use_all_cores();
     torch::manual_seed(a->seed);
     const models::ModelConfig config = models::load_model_config(a->config);
     AdapterModel model(config);
@@ -524,16 +541,26 @@ void add_pretrain(CLI::App& app) {
           else if (r < 0.9) id[b][j] = 4 + static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(vocab - 5));
         }
       }
+      // Linear warm-up over 500 steps, then linear decay to 10% over the budget (time or steps).
       const std::int64_t warmup = 500;
-      tr::set_learning_rate(*optimizer, a->learning_rate * std::min(1.0, static_cast<double>(step + 1) / warmup));
+      const double progress = a->max_steps > 0 ? static_cast<double>(step) / static_cast<double>(a->max_steps)
+                                               : elapsed / (a->minutes * 60);
+      tr::set_learning_rate(*optimizer, a->learning_rate * std::min(1.0, static_cast<double>(step + 1) / warmup) *
+                                            (1.0 - 0.9 * std::min(1.0, progress)));
+      // The vocabulary projection only at the masked positions (15% of the tokens).
       ForwardOptions options;
-      options.head_inputs["labels"] = labels;
+      options.skip_heads = true;
       const ModelOutput out = model->forward({ids, mask, torch::Tensor()}, options);
+      const torch::Tensor picked = labels.ne(-100);
+      heads::HeadInputs head_in;
+      head_in.hidden = out.last_hidden_state.index({picked}).unsqueeze(0);  // (1,M,C)
+      head_in.extra["labels"] = labels.index({picked}).unsqueeze(0);        // (1,M)
+      const torch::Tensor loss = model->head("mlm").forward(head_in).loss;
       optimizer->zero_grad();
-      out.loss.backward();
+      loss.backward();
       torch::nn::utils::clip_grad_norm_(model->parameters(), 1.0);
       optimizer->step();
-      smoothed = step == 0 ? out.loss.item<double>() : 0.98 * smoothed + 0.02 * out.loss.item<double>();
+      smoothed = step == 0 ? loss.item<double>() : 0.98 * smoothed + 0.02 * loss.item<double>();
       if (step % 100 == 0) std::cerr << "pretrain: step " << step << " loss " << smoothed << " (" << elapsed << " s)\n";
     }
     model->delete_head("mlm");
@@ -599,6 +626,7 @@ void add_demo(CLI::App& app) {
       a.trainer.batch_size = 32;
       a.trainer.warmup_ratio = 0.1;
       a.trainer.metric_for_best = "accuracy";
+      a.trainer.bucket_by_length = true;
       a.trainer.overwrite = true;
       a.trainer.show_progress = false;
       std::cerr << "demo: training " << method << '\n';

@@ -223,13 +223,44 @@ void load_adamw_state(torch::optim::AdamW& optimizer, const ParameterGroups& gro
 
 // ---- evaluation ---------------------------------------------------------------------------------
 
-EvalResult evaluate(AdapterModelImpl& model, const FeatureSet& features, size_t batch_size, torch::Device device) {
+namespace {
+
+std::vector<int64_t> to_vector(const Tensor& t) {
+  const Tensor c = t.to(torch::kCPU, torch::kLong).contiguous().view(-1);
+  return {c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel()};
+}
+
+std::vector<double> to_doubles(const Tensor& t) {
+  const Tensor c = t.to(torch::kCPU, torch::kDouble).contiguous().view(-1);
+  return {c.data_ptr<double>(), c.data_ptr<double>() + c.numel()};
+}
+
+// The best span (start <= end, at most 30 tokens) of one row's start and end logits.
+std::pair<size_t, size_t> best_span(const Tensor& start, const Tensor& end) {
+  const auto s = to_doubles(start), e = to_doubles(end);
+  std::pair<size_t, size_t> best{0, 0};
+  double best_score = -1e300;
+  for (size_t i = 0; i < s.size(); ++i) {
+    for (size_t j = i; j < e.size() && j < i + 30; ++j) {
+      if (s[i] + e[j] > best_score) best = {i, j}, best_score = s[i] + e[j];
+    }
+  }
+  return best;
+}
+
+}  // namespace
+
+EvalResult evaluate(AdapterModelImpl& model, const FeatureSet& features, size_t batch_size, torch::Device device,
+                    const Dataset* dataset) {
   ADAPTERS_CHECK(!features.features.empty(), "evaluate: expected features, found an empty set");
   const bool was_training = model.is_training();
   model.eval();
   torch::NoGradGuard no_grad;
   EvalResult result;
   std::vector<int64_t> gold;
+  std::vector<double> gold_values, predicted_values;
+  std::vector<std::string> answers;
+  std::vector<std::vector<std::string>> gold_answers;
   double loss_sum = 0;
   for (const auto& indices : plan_batches(features, {batch_size, false})) {
     const Batch batch = collate(features, indices);
@@ -239,11 +270,34 @@ EvalResult evaluate(AdapterModelImpl& model, const FeatureSet& features, size_t 
     ADAPTERS_CHECK(out.loss.defined(), "evaluate: the model returned no loss (expected an active head for task ",
                    to_string(features.task), ")");
     loss_sum += out.loss.item<double>() * static_cast<double>(batch.batch_size);
-    if (predicts_classes(features.task)) {
-      const Tensor predicted = out.head.at("logits").argmax(-1).to(torch::kCPU).contiguous();
-      result.predictions.insert(result.predictions.end(), predicted.data_ptr<int64_t>(),
-                                predicted.data_ptr<int64_t>() + predicted.numel());
-      gold.insert(gold.end(), batch.labels.begin(), batch.labels.end());
+    switch (features.task) {
+      case TaskKind::SequenceClassification:
+      case TaskKind::MultipleChoice:
+      case TaskKind::TokenClassification: {
+        const auto predicted = to_vector(out.head.at("logits").argmax(-1));
+        result.predictions.insert(result.predictions.end(), predicted.begin(), predicted.end());
+        gold.insert(gold.end(), batch.labels.begin(), batch.labels.end());
+        break;
+      }
+      case TaskKind::Regression: {
+        const auto predicted = to_doubles(out.head.at("logits"));
+        predicted_values.insert(predicted_values.end(), predicted.begin(), predicted.end());
+        gold_values.insert(gold_values.end(), batch.float_labels.begin(), batch.float_labels.end());
+        break;
+      }
+      case TaskKind::QuestionAnswering:
+        if (dataset == nullptr) break;
+        for (int64_t b = 0; b < batch.batch_size; ++b) {
+          const Feature& f = features.features[batch.features[static_cast<size_t>(b)]];
+          const Example& e = dataset->examples.at(f.example);
+          const auto [s, t] = best_span(out.head.at("start_logits")[b], out.head.at("end_logits")[b]);
+          answers.push_back(span_text(e, f, s, t));
+          std::vector<std::string> golds;
+          for (const auto& a : e.answers) golds.push_back(a.text);
+          gold_answers.push_back(golds);
+        }
+        break;
+      case TaskKind::MultiLabel: break;
     }
   }
   model.train(was_training);
@@ -252,6 +306,17 @@ EvalResult evaluate(AdapterModelImpl& model, const FeatureSet& features, size_t 
   if (predicts_classes(features.task)) {
     result.metrics["accuracy"] = accuracy(gold, result.predictions);
     result.metrics["macro_f1"] = macro_f1(gold, result.predictions);
+    result.metrics["mcc"] = matthews_corrcoef(gold, result.predictions);
+  } else if (features.task == TaskKind::TokenClassification) {
+    result.metrics["token_f1"] = token_f1(gold, result.predictions).f1;
+    result.metrics["accuracy"] = token_f1(gold, result.predictions).f1;  // every position counts: accuracy
+  } else if (features.task == TaskKind::Regression) {
+    result.metrics["pearson"] = pearson(gold_values, predicted_values);
+    result.metrics["spearman"] = spearman(gold_values, predicted_values);
+  } else if (!answers.empty()) {
+    const QaScores qa = squad_scores(answers, gold_answers);
+    result.metrics["exact_match"] = qa.exact_match;
+    result.metrics["f1"] = qa.f1;
   }
   return result;
 }

@@ -88,8 +88,12 @@ struct EvalResult {
 };
 
 // Runs the active setup over `features` without gradients in eval mode (the previous mode is
-// restored). Classification and multiple choice get accuracy and macro F1; every task gets loss.
-EvalResult evaluate(AdapterModelImpl& model, const FeatureSet& features, size_t batch_size, torch::Device device);
+// restored). Every task gets loss; classification and multiple choice accuracy, macro F1 and
+// MCC; regression Pearson and Spearman; token classification token-level F1 (and accuracy);
+// question answering exact match and F1 of the predicted spans when `dataset` (the examples the
+// features were made from) is given.
+EvalResult evaluate(AdapterModelImpl& model, const FeatureSet& features, size_t batch_size, torch::Device device,
+                    const Dataset* dataset = nullptr);
 
 // ---- the trainer --------------------------------------------------------------------------------
 
