@@ -42,11 +42,13 @@ class Composable {
   virtual State slice_batch(const State& s, std::int64_t begin, std::int64_t end) const = 0;
   virtual State concat_batch(const std::vector<State>& parts) const = 0;
   virtual State repeat_batch(const State& s, std::int64_t n) const = 0;
-  virtual State slice_sequence(const State& s, std::int64_t begin, std::int64_t end) const { unsupported(BlockType::Split); }
-  virtual State concat_sequence(const std::vector<State>& parts) const { unsupported(BlockType::Split); }
-  virtual std::int64_t sequence_length(const State& s) const { unsupported(BlockType::Split); }
+  virtual State slice_sequence(const State& s, std::int64_t begin, std::int64_t end) const {
+    throw unsupported_error(BlockType::Split);
+  }
+  virtual State concat_sequence(const std::vector<State>& parts) const { throw unsupported_error(BlockType::Split); }
+  virtual std::int64_t sequence_length(const State& s) const { throw unsupported_error(BlockType::Split); }
   virtual State average(const std::vector<State>& parts, const std::vector<double>& weights) const {
-    unsupported(BlockType::Average);
+    throw unsupported_error(BlockType::Average);
   }
 
   // Prepares the state for a block or a stacked adapter, led by `adapter` (e.g. the residual and
@@ -57,12 +59,12 @@ class Composable {
   // Fuse: only sites that implement it. `stack` runs a nested Stack with the driver.
   virtual State fuse(const Block& block, State s, ForwardContext& ctx, int level,
                      const std::function<State(const Block&, State)>& stack) const {
-    unsupported(BlockType::Fuse);
+    throw unsupported_error(BlockType::Fuse);
   }
 
-  [[noreturn]] void unsupported(BlockType type) const {
-    throw Error(str(composition::block_type_name(type), " cannot compose ", family(), " (at ", describe(), ")"),
-                "use a block these adapters support, or adapters of a method that supports this block");
+  Error unsupported_error(BlockType type) const {
+    return Error(str(composition::block_type_name(type), " cannot compose ", family(), " (at ", describe(), ")"),
+                 "use a block these adapters support, or adapters of a method that supports this block");
   }
 };
 
@@ -82,7 +84,7 @@ class Composer {
   ForwardContext& ctx_;
 
   State block(const Block& b, State s, int level) const {
-    if (!site_.supports(b.type)) site_.unsupported(b.type);
+    if (!site_.supports(b.type)) throw site_.unsupported_error(b.type);
     switch (b.type) {
       case BlockType::Stack: return stack(b, std::move(s), level);
       case BlockType::Fuse:
