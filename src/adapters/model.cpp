@@ -208,10 +208,18 @@ void AdapterModelImpl::train_adapter(const Block& setup) {
 
 void AdapterModelImpl::train_adapter(const std::string& setup) { train_adapter(composition::parse(setup)); }
 
+io::TensorMap AdapterModelImpl::parameters_where(const std::function<bool(const std::string&)>& selects) const {
+  io::TensorMap out;
+  for (const auto& item : named_parameters()) {
+    if (selects(item.key())) out[item.key()] = item.value();
+  }
+  return out;
+}
+
 std::vector<std::string> AdapterModelImpl::adapter_parameter_names(const std::string& name) const {
   std::vector<std::string> keys;
-  for (const auto& item : named_parameters()) {
-    if (formats::key_belongs_to_adapter(item.key(), name)) keys.push_back(item.key());
+  for (const auto& [key, t] : parameters_where([&](const std::string& k) { return formats::key_belongs_to_adapter(k, name); })) {
+    keys.push_back(key);
   }
   return keys;
 }
@@ -268,11 +276,7 @@ std::string AdapterModelImpl::adapter_summary() const {
 
 io::TensorMap AdapterModelImpl::adapter_state_dict(const std::string& name) const {
   ADAPTERS_CHECK(has_adapter(name), "no adapter named '", name, "' (known: ", join(adapter_names()), ")");
-  io::TensorMap out;
-  for (const auto& item : named_parameters()) {
-    if (formats::key_belongs_to_adapter(item.key(), name)) out[item.key()] = item.value();
-  }
-  return out;
+  return parameters_where([&](const std::string& key) { return formats::key_belongs_to_adapter(key, name); });
 }
 
 void AdapterModelImpl::load_adapter_state_dict(const std::string& name, const io::TensorMap& tensors,

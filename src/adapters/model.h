@@ -8,6 +8,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -190,6 +191,8 @@ class AdapterModelImpl : public torch::nn::Module {
 
  private:
   std::vector<std::string> adapter_parameter_names(const std::string& name) const;
+  // The parameters whose names satisfy `selects`, by name.
+  io::TensorMap parameters_where(const std::function<bool(const std::string&)>& selects) const;
   void check_setup(const Block& setup) const;
   // The head setup the reference derives from an adapter setup (its last adapter, or one head
   // per branch of a final Parallel / BatchSplit), when those heads exist.

@@ -115,11 +115,7 @@ std::optional<Block> AdapterModelImpl::heads_from_setup(const Block& setup) cons
 
 io::TensorMap AdapterModelImpl::head_state_dict(const std::string& name) const {
   head(name);  // checks it exists
-  io::TensorMap out;
-  for (const auto& item : named_parameters()) {
-    if (formats::key_belongs_to_head(item.key(), name)) out[item.key()] = item.value();
-  }
-  return out;
+  return parameters_where([&](const std::string& key) { return formats::key_belongs_to_head(key, name); });
 }
 
 void AdapterModelImpl::run_heads(const models::BaseModelOutput& base, const ModelInputs& inputs,
@@ -254,11 +250,7 @@ const nn::FusionConfig& AdapterModelImpl::adapter_fusion_config(const std::strin
 
 io::TensorMap AdapterModelImpl::adapter_fusion_state_dict(const std::string& name) const {
   adapter_fusion_config(name);  // checks it exists
-  io::TensorMap out;
-  for (const auto& item : named_parameters()) {
-    if (formats::key_belongs_to_fusion(item.key(), name)) out[item.key()] = item.value();
-  }
-  return out;
+  return parameters_where([&](const std::string& key) { return formats::key_belongs_to_fusion(key, name); });
 }
 
 void AdapterModelImpl::train_adapter_fusion(const Block& setup, bool unfreeze_adapters) {

@@ -88,19 +88,15 @@ class LinearComposable : public Composable<LinearState> {
     return {s.x.slice(1, b, e), s.base.slice(1, b, e), s.y.slice(1, b, e)};
   }
   LinearState repeat_batch(const LinearState& s, std::int64_t n) const override {
-    auto rep = [&](const Tensor& t) {
-      std::vector<std::int64_t> r(static_cast<std::size_t>(t.dim()), 1);
-      r[0] = n;
-      return t.repeat(r);
-    };
-    return {rep(s.x), rep(s.base), rep(s.y)};
+    return {repeat_batch_of(s.x, n), repeat_batch_of(s.base, n), repeat_batch_of(s.y, n)};
   }
   LinearState concat_batch(const std::vector<LinearState>& parts) const override { return concat(parts, 0); }
   LinearState concat_sequence(const std::vector<LinearState>& parts) const override { return concat(parts, 1); }
   LinearState average(const std::vector<LinearState>& parts, const std::vector<double>& w) const override {
+    std::vector<Tensor> ys;
+    for (const auto& p : parts) ys.push_back(p.y);
     LinearState out = parts.front();
-    out.y = parts[0].y * w[0];
-    for (std::size_t i = 1; i < parts.size(); ++i) out.y = out.y + parts[i].y * w[i];
+    out.y = weighted_sum(ys, w);
     return out;
   }
 

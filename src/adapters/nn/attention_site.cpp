@@ -33,13 +33,8 @@ class AttentionComposable : public Composable<AttentionState> {
   }
 
   AttentionState repeat_batch(const AttentionState& s, std::int64_t n) const override {
-    auto rep = [&](const Tensor& t) {
-      if (!t.defined()) return t;
-      std::vector<std::int64_t> r(static_cast<std::size_t>(t.dim()), 1);
-      r[0] = n;
-      return t.repeat(r);
-    };
-    return {rep(s.query), rep(s.key), rep(s.value), rep(s.mask), rep(s.hidden), s.row_offset};
+    return {repeat_batch_of(s.query, n), repeat_batch_of(s.key, n),    repeat_batch_of(s.value, n),
+            repeat_batch_of(s.mask, n),  repeat_batch_of(s.hidden, n), s.row_offset};
   }
 
   // Members may have prefixes of different lengths: shorter keys and values are padded on the

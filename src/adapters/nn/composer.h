@@ -25,6 +25,21 @@ namespace adapters::nn {
 using composition::Block;
 using composition::BlockType;
 
+// Primitives the sites share: `t` repeated n times along the batch (dim 0), and the weighted sum
+// of tensors of one shape.
+inline torch::Tensor repeat_batch_of(const torch::Tensor& t, std::int64_t n) {
+  if (!t.defined()) return t;
+  std::vector<std::int64_t> repeats(static_cast<std::size_t>(t.dim()), 1);
+  repeats[0] = n;
+  return t.repeat(repeats);
+}
+
+inline torch::Tensor weighted_sum(const std::vector<torch::Tensor>& parts, const std::vector<double>& weights) {
+  torch::Tensor sum = parts[0] * weights[0];
+  for (std::size_t i = 1; i < parts.size(); ++i) sum = sum + parts[i] * weights[i];
+  return sum;
+}
+
 template <typename State>
 class Composable {
  public:

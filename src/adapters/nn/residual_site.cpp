@@ -14,9 +14,7 @@ using torch::Tensor;
 Tensor match_batch(const Tensor& t, const Tensor& reference) {
   if (!t.defined() || !reference.defined() || t.size(0) == reference.size(0)) return t;
   if (t.size(0) > reference.size(0) || reference.size(0) % t.size(0) != 0) return t;
-  std::vector<std::int64_t> repeats(static_cast<std::size_t>(t.dim()), 1);
-  repeats[0] = reference.size(0) / t.size(0);
-  return t.repeat(repeats);
+  return repeat_batch_of(t, reference.size(0) / t.size(0));
 }
 
 // What flows through a residual site's composition: (B,T,C) tensors.
@@ -46,14 +44,15 @@ class ResidualComposable : public Composable<ResidualState> {
     return map(s, [&](const Tensor& t) { return t.slice(1, b, e); });
   }
   ResidualState repeat_batch(const ResidualState& s, std::int64_t n) const override {
-    return map(s, [&](const Tensor& t) { return t.repeat({n, 1, 1}); });
+    return map(s, [&](const Tensor& t) { return repeat_batch_of(t, n); });
   }
   ResidualState concat_batch(const std::vector<ResidualState>& parts) const override { return concat(parts, 0); }
   ResidualState concat_sequence(const std::vector<ResidualState>& parts) const override { return concat(parts, 1); }
   ResidualState average(const std::vector<ResidualState>& parts, const std::vector<double>& w) const override {
+    std::vector<Tensor> hidden;
+    for (const auto& p : parts) hidden.push_back(p.hidden);
     ResidualState out = parts.front();
-    out.hidden = parts[0].hidden * w[0];
-    for (std::size_t i = 1; i < parts.size(); ++i) out.hidden = out.hidden + parts[i].hidden * w[i];
+    out.hidden = weighted_sum(hidden, w);
     return out;
   }
 
