@@ -257,7 +257,7 @@ TEST(BadInput, BrokenAdapterFolders) {
   };
   const std::vector<Case> cases = {
       {"missing", [&](json&, io::TensorMap& t) { t.erase(missing_key); }, "lacks weights: " + missing_key},
-      {"shape", [](json& c, io::TensorMap&) { c["config"]["reduction_factor"] = 8; }, "has shape [2], the adapter expects [4]"},
+      {"shape", [](json& c, io::TensorMap&) { c["config"]["reduction_factor"] = 8; }, "has shape [2], adapter 'a' expects [4]"},
       {"extra", [](json&, io::TensorMap& t) { t["bert.encoder.layer.0.output.adapters.a.extra"] = torch::zeros({1}); }, "does not have"},
       {"unknown_key", [](json& c, io::TensorMap&) { c["config"]["bogus"] = 1; }, "unknown key 'bogus'"},
       {"typed_key", [](json& c, io::TensorMap&) { c["config"]["mh_adapter"] = "no"; }, "'mh_adapter' expects a boolean"},

@@ -545,6 +545,44 @@ TEST(TrainDataFeatures, QuestionAnsweringSpans) {
   EXPECT_NE(message.find("squad.jsonl:1: the question takes"), std::string::npos) << message;
 }
 
+TEST(TrainDataFeatures, QuestionAnsweringWindowsWithDocStride) {
+  ReadOptions read = options_for(TaskKind::QuestionAnswering);
+  read.columns.answer_text = "answers.text";
+  read.columns.answer_start = "answers.answer_start";
+  const Dataset d = read_dataset(kData / "squad.jsonl", read);
+  FeatureOptions options = max_length(12);  // q2: 5 question tokens + 3 specials: 4 context tokens a window
+  options.doc_stride = 2;
+  const FeatureSet set = make_features(tiny_tokenizer(), d, LabelMap(), options);
+  std::vector<const Feature*> q2;
+  size_t previous = 0;
+  for (const Feature& f : set.features) {
+    EXPECT_GE(f.example, previous);  // windows stay in dataset order
+    previous = f.example;
+    EXPECT_LE(f.rows[0].input_ids.size(), 12u);
+    if (f.example == 1) q2.push_back(&f);
+  }
+  ASSERT_EQ(q2.size(), 4u);
+  // Context: john was born in paris in 19 ##90 . -- windows start every 4 - 2 = 2 tokens.
+  const std::vector<std::vector<std::string>> windows = {
+      {"john", "was", "born", "in"}, {"born", "in", "paris", "in"}, {"paris", "in", "19", "##90"}, {"19", "##90", "."}};
+  const std::vector<std::pair<int64_t, int64_t>> answers = {{0, 0}, {9, 9}, {7, 7}, {0, 0}};  // CLS where cut off
+  for (size_t w = 0; w < windows.size(); ++w) {
+    SCOPED_TRACE(w);
+    std::vector<std::string> tokens = {"[CLS]", "where", "was", "john", "born", "?", "[SEP]"};
+    tokens.insert(tokens.end(), windows[w].begin(), windows[w].end());
+    tokens.push_back("[SEP]");
+    EXPECT_EQ(q2[w]->rows[0].input_ids, ids_of(tokens));
+    EXPECT_EQ(std::make_pair(q2[w]->start_position, q2[w]->end_position), answers[w]);
+  }
+  EXPECT_EQ(span_text(d.examples[1], *q2[1], 9, 9), "Paris");  // offsets stay those of the context
+  EXPECT_EQ(span_text(d.examples[1], *q2[2], 7, 10), "Paris in 1990");
+
+  options.doc_stride = 4;
+  const std::string message = error_of([&] { make_features(tiny_tokenizer(), d, LabelMap(), options); });
+  // q1's question is a token longer than q2's: its windows hold 3 context tokens.
+  EXPECT_NE(message.find("squad.jsonl:1: doc_stride 4 must be smaller than the 3 context tokens"), std::string::npos) << message;
+}
+
 TEST(TrainDataFeatures, MultipleChoiceRowsAndBatchShape) {
   ReadOptions options = options_for(TaskKind::MultipleChoice);
   options.columns.context = "sent1";

@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <random>
 
+#include <sys/resource.h>
+
 #include "adapters/core/error.h"
 #include "adapters/io/tensors.h"
 #include "adapters/train/metrics.h"
@@ -289,6 +291,62 @@ TEST(Trainer, MultipleChoiceBatchesFlattenToRows) {
   EXPECT_FALSE(inputs.token_type_ids.defined());
   const auto targets = to_head_inputs(batch, TaskKind::MultipleChoice, torch::kCPU);
   EXPECT_EQ(targets.at("labels").sizes(), (std::vector<int64_t>{2}));
+}
+
+// Limits the size of every file this process writes (RLIMIT_FSIZE) for its lifetime: a write past
+// the limit fails with EFBIG, as a write to a full disk fails with ENOSPC.
+class FileSizeLimit {
+ public:
+  explicit FileSizeLimit(rlim_t bytes) {
+    getrlimit(RLIMIT_FSIZE, &saved_);
+    previous_handler_ = std::signal(SIGXFSZ, SIG_IGN);  // fail the write instead of killing us
+    rlimit limited = saved_;
+    limited.rlim_cur = bytes;
+    setrlimit(RLIMIT_FSIZE, &limited);
+  }
+  ~FileSizeLimit() {
+    setrlimit(RLIMIT_FSIZE, &saved_);
+    std::signal(SIGXFSZ, previous_handler_);
+  }
+
+ private:
+  rlimit saved_{};
+  void (*previous_handler_)(int) = nullptr;
+};
+
+TEST(Trainer, FullDiskWhileSavingLeavesTheLastCheckpointIntact) {
+  const FeatureSet train = marker_task(32, 10);
+  const fs::path dir = fresh_dir("full_disk");
+  TrainerOptions options = quick_options(dir);
+  options.epochs = 1;
+  AdapterModel model = tiny_model("lora[r=8]");
+  Trainer(options).train(model, train);
+  const fs::path last = dir / "checkpoint-2";
+  const io::TensorMap before = io::read_checkpoint(last / kTrainableFile);
+
+  TrainerOptions more = options;
+  more.epochs = 2;
+  more.resume_from = last;
+  std::string message;
+  {
+    const FileSizeLimit limit(1024);  // below the size of the next checkpoint's weight files
+    try {
+      Trainer(more).train(model, train);
+    } catch (const Error& e) {
+      message = e.what();
+    }
+  }
+  ASSERT_FALSE(message.empty()) << "saving past the file size limit did not fail";
+  EXPECT_NE(message.find(dir.string()), std::string::npos) << message;
+  EXPECT_NE(message.find("too large"), std::string::npos) << message;  // strerror(EFBIG)
+  EXPECT_FALSE(fs::exists(dir / "checkpoint-4"));
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    EXPECT_NE(entry.path().filename().string().front(), '.') << "temporary left behind: " << entry.path();
+  }
+  const io::TensorMap after = io::read_checkpoint(last / kTrainableFile);
+  ASSERT_EQ(after.size(), before.size());
+  for (const auto& [name, tensor] : before) EXPECT_TRUE(torch::equal(tensor, after.at(name))) << name;
+  EXPECT_EQ(read_trainer_state(last).global_step, 2);
 }
 
 TEST(Trainer, CtrlCSavesAResumableCheckpointAndStops) {

@@ -37,7 +37,14 @@ struct DataArgs {
   std::string task = "sequence_classification";
   std::string text_column = "text", pair_column, label_column = "label";
   std::string on_malformed = "fatal";
-  std::size_t max_length = 128;
+  std::size_t max_length = 128, doc_stride = 0;
+
+  tr::FeatureOptions feature_options() const {
+    tr::FeatureOptions o;
+    o.max_length = max_length;
+    o.doc_stride = doc_stride;
+    return o;
+  }
 
   void add(CLI::App* cmd, bool with_train) {
     if (with_train) cmd->add_option("--train", train, "Training data (JSONL, CSV or TSV)")->required()->check(CLI::ExistingFile);
@@ -54,6 +61,9 @@ struct DataArgs {
         ->check(CLI::IsMember({"fatal", "skip"}))
         ->capture_default_str();
     cmd->add_option("--max-length", max_length, "Tokens per example, special tokens included")->capture_default_str();
+    cmd->add_option("--doc-stride", doc_stride,
+                    "Question answering: cut long contexts into windows overlapping by N tokens (0: truncate)")
+        ->capture_default_str();
   }
 
   tr::ReadOptions read_options() const {
@@ -205,7 +215,7 @@ TrainOutcome run_training(const TrainArgs& a, const DataArgs& d) {
   if (!d.test.empty()) files.test = d.test;
   const tr::TaskData data = tr::load_data(files, d.read_options());
   for (const auto* ds : {&data.train, &data.validation, &data.test}) report_skipped(*ds);
-  const tr::FeatureOptions fo{d.max_length};
+  const tr::FeatureOptions fo = d.feature_options();
   const tr::FeatureSet train = tr::make_features(tok, data.train, data.labels, fo);
   std::optional<tr::FeatureSet> validation, test;
   if (!data.validation.examples.empty()) validation = tr::make_features(tok, data.validation, data.labels, fo);
@@ -372,7 +382,7 @@ void add_eval(CLI::App& app) {
     const std::optional<tr::LabelMap> labels = head_labels(model, name);
     tr::Dataset ds = tr::read_dataset(*data, d->read_options());
     report_skipped(ds);
-    const tr::FeatureSet features = tr::make_features(tok, ds, labels ? *labels : tr::LabelMap(), {d->max_length});
+    const tr::FeatureSet features = tr::make_features(tok, ds, labels ? *labels : tr::LabelMap(), d->feature_options());
     const tr::EvalResult r = tr::evaluate(*model, features, u->batch_size, parse_device(u->device), &ds);
     std::cout << json(r.metrics).dump() << '\n';
   });
@@ -433,8 +443,9 @@ void add_predict(CLI::App& app) {
 // ---- pretrain (masked LM) -------------------------------------------------------------------
 
 struct PretrainArgs {
-  std::string config, tokenizer, corpus, out;
-  double minutes = 10;
+  std::string config, tokenizer, corpus, out, init;
+  double minutes = 10, save_every_minutes = 10;
+  std::int64_t warmup_steps = 500;
   std::int64_t max_steps = 0;
   std::size_t batch_size = 64, max_length = 128;
   double learning_rate = 1e-3, mask_probability = 0.15;
@@ -486,7 +497,15 @@ void add_pretrain(CLI::App& app) {
   cmd->add_option("--batch-size", a->batch_size, "Rows per step")->capture_default_str();
   cmd->add_option("--max-length", a->max_length, "Tokens per row")->capture_default_str();
   cmd->add_option("--lr", a->learning_rate, "Peak learning rate")->capture_default_str();
-  cmd->add_option("--seed", a->seed, "Seed")->capture_default_str();
+  cmd->add_option("--seed", a->seed, "Seed (use a new one when continuing with --init)")->capture_default_str();
+  cmd->add_option("--init", a->init, "Continue from the weights of this model folder (same config)")
+      ->check(CLI::ExistingDirectory);
+  cmd->add_option("--mask-probability", a->mask_probability, "Share of tokens masked")
+      ->check(CLI::Range(0.01, 0.9))
+      ->capture_default_str();
+  cmd->add_option("--warmup-steps", a->warmup_steps, "Linear learning-rate warm-up")->capture_default_str();
+  cmd->add_option("--save-every", a->save_every_minutes, "Save the weights every N minutes (0: only at the end)")
+      ->capture_default_str();
   cmd->callback([a] {
     const Tokenizer tok = Tokenizer::from_pretrained(a->tokenizer);
     const auto mask_id = tok.token_to_id("<mask>");
@@ -498,15 +517,24 @@ void add_pretrain(CLI::App& app) {
     use_all_cores();
     torch::manual_seed(a->seed);
     const models::ModelConfig config = models::load_model_config(a->config);
-    AdapterModel model(config);
+    AdapterModel model = a->init.empty() ? AdapterModel(config) : load_pretrained(a->init);
+    ADAPTERS_CHECK(model->config().hidden_size == config.hidden_size && model->config().vocab_size == config.vocab_size &&
+                       model->config().num_hidden_layers == config.num_hidden_layers,
+                   a->init, ": --init model does not have the shape of ", a->config,
+                   " (hidden size, vocabulary and layer count must match)");
     model->add_head("mlm", "masked_lm");
-    init_like_bert(model, config.initializer_range);
+    if (a->init.empty()) {
+      init_like_bert(model, config.initializer_range);
+    } else {
+      std::cerr << "pretrain: continuing from " << a->init << " (the MLM head transform starts fresh)\n";
+    }
     model->train();
     const auto groups = tr::trainable_parameter_groups(*model);
     auto optimizer = tr::make_adamw(groups, a->learning_rate, 0.01);
     const std::int64_t pad = config.pad_token_id, vocab = config.vocab_size;
     std::mt19937_64 rng(a->seed);
     const auto start = std::chrono::steady_clock::now();
+    double last_save = 0;
     const std::int64_t planned = a->max_steps > 0 ? a->max_steps : 1000000;
     double smoothed = 0;
     std::int64_t step = 0;
@@ -542,7 +570,7 @@ void add_pretrain(CLI::App& app) {
         }
       }
       // Linear warm-up over 500 steps, then linear decay to 10% over the budget (time or steps).
-      const std::int64_t warmup = 500;
+      const std::int64_t warmup = std::max<std::int64_t>(1, a->warmup_steps);
       const double progress = a->max_steps > 0 ? static_cast<double>(step) / static_cast<double>(a->max_steps)
                                                : elapsed / (a->minutes * 60);
       tr::set_learning_rate(*optimizer, a->learning_rate * std::min(1.0, static_cast<double>(step + 1) / warmup) *
@@ -562,6 +590,11 @@ void add_pretrain(CLI::App& app) {
       optimizer->step();
       smoothed = step == 0 ? loss.item<double>() : 0.98 * smoothed + 0.02 * loss.item<double>();
       if (step % 100 == 0) std::cerr << "pretrain: step " << step << " loss " << smoothed << " (" << elapsed << " s)\n";
+      if (a->save_every_minutes > 0 && elapsed - last_save > a->save_every_minutes * 60) {
+        save_base_model(model, a->out);  // written to a temporary file, then renamed
+        last_save = elapsed;
+        std::cerr << "pretrain: saved at step " << step << '\n';
+      }
     }
     model->delete_head("mlm");
     save_base_model(model, a->out);

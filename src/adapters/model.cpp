@@ -281,25 +281,7 @@ io::TensorMap AdapterModelImpl::adapter_state_dict(const std::string& name) cons
 
 void AdapterModelImpl::load_adapter_state_dict(const std::string& name, const io::TensorMap& tensors,
                                                const std::string& source) {
-  const io::TensorMap expected = adapter_state_dict(name);
-  std::vector<std::string> missing, unexpected;
-  for (const auto& [key, param] : expected) {
-    if (!tensors.count(key)) missing.push_back(key);
-  }
-  for (const auto& [key, t] : tensors) {
-    if (!expected.count(key)) unexpected.push_back(key);
-  }
-  ADAPTERS_CHECK(missing.empty(), source, ": adapter '", name, "' lacks weights: ", join(missing));
-  ADAPTERS_CHECK(unexpected.empty(), source, ": weights that adapter '", name, "' does not have: ", join(unexpected));
-  for (const auto& [key, param] : expected) {
-    const Tensor& t = tensors.at(key);
-    ADAPTERS_CHECK(t.sizes() == param.sizes(), source, ": weight '", key, "' has shape ", t.sizes(),
-                   ", the adapter expects ", param.sizes());
-    ADAPTERS_CHECK(t.is_floating_point(), source, ": weight '", key, "' has dtype ", t.scalar_type(),
-                   ", expected a floating-point tensor");
-  }
-  torch::NoGradGuard no_grad;
-  for (const auto& [key, param] : expected) const_cast<Tensor&>(param).copy_(tensors.at(key));
+  io::copy_checked(adapter_state_dict(name), tensors, source, "adapter '" + name + "'");
 }
 
 // ---- HF model folders -----------------------------------------------------------------------

@@ -275,25 +275,7 @@ std::string AdapterModelImpl::load_head(const fs::path& dir, const std::string& 
 
   add_head(name, config["head_type"].get<std::string>(), config, false, false);
   try {
-    const io::TensorMap expected = head_state_dict(name);
-    std::vector<std::string> missing, unexpected;
-    for (const auto& [key, p] : expected) {
-      if (!renamed.count(key)) missing.push_back(key);
-    }
-    for (const auto& [key, t] : renamed) {
-      if (!expected.count(key)) unexpected.push_back(key);
-    }
-    ADAPTERS_CHECK(missing.empty() && unexpected.empty(), weights_path.string(), ": head '", name,
-                   "' weights do not match its config: missing ", missing.size(), ", unexpected ", unexpected.size(),
-                   missing.empty() ? "" : " (first missing: " + missing.front() + ")",
-                   unexpected.empty() ? "" : " (first unexpected: " + unexpected.front() + ")");
-    torch::NoGradGuard no_grad;
-    for (const auto& [key, p] : expected) {
-      const auto& t = renamed.at(key);
-      ADAPTERS_CHECK(t.sizes() == p.sizes(), weights_path.string(), ": weight '", key, "' has shape ", t.sizes(),
-                     ", the head expects ", p.sizes());
-      const_cast<torch::Tensor&>(p).copy_(t);
-    }
+    io::copy_checked(head_state_dict(name), renamed, weights_path.string(), "head '" + name + "'");
   } catch (...) {
     delete_head(name);
     throw;
@@ -327,18 +309,8 @@ std::string AdapterModelImpl::load_adapter_fusion(const fs::path& dir, WeightsPr
   for (const auto& [key, t] : io::read_checkpoint(weights_path)) renamed[formats::to_base_prefix(key, arch().base_prefix)] = t;
   add_adapter_fusion(fuse, reader.raw("config"));
   try {
-    const io::TensorMap expected = adapter_fusion_state_dict(name);
-    for (const auto& [key, t] : renamed) {
-      ADAPTERS_CHECK(expected.count(key), weights_path.string(), ": weight '", key, "' does not belong to fusion '", name,
-                     "' (do the fused adapters exist with the same placement?)");
-    }
-    torch::NoGradGuard no_grad;
-    for (const auto& [key, p] : expected) {
-      ADAPTERS_CHECK(renamed.count(key), weights_path.string(), ": fusion '", name, "' lacks the weight '", key, "'");
-      ADAPTERS_CHECK(renamed.at(key).sizes() == p.sizes(), weights_path.string(), ": weight '", key, "' has shape ",
-                     renamed.at(key).sizes(), ", expected ", p.sizes());
-      const_cast<torch::Tensor&>(p).copy_(renamed.at(key));
-    }
+    io::copy_checked(adapter_fusion_state_dict(name), renamed, weights_path.string(),
+                     "fusion '" + name + "' (do the fused adapters exist with the same placement?)");
   } catch (...) {
     delete_adapter_fusion(name);
     throw;

@@ -5,6 +5,8 @@
 
 #include "adapters/core/error.h"
 
+#include <c10/core/GradMode.h>
+
 #include <nlohmann/json.hpp>
 
 #include <atomic>
@@ -169,6 +171,39 @@ void write_file_atomic_streamed(const fs::path& path,
 void write_file_atomic(const fs::path& path, const std::string& bytes) {
   write_file_atomic_streamed(path,
                              [&bytes](const ByteSink& sink) { sink(bytes.data(), bytes.size()); });
+}
+
+namespace {
+
+std::string first_keys(const std::vector<std::string>& keys) {
+  std::string out;
+  for (std::size_t i = 0; i < keys.size() && i < 3; ++i) out += (i ? ", " : "") + keys[i];
+  if (keys.size() > 3) out += ", ... (" + std::to_string(keys.size()) + " in all)";
+  return out;
+}
+
+}  // namespace
+
+void copy_checked(const TensorMap& expected, const TensorMap& given, const std::string& source, const std::string& what) {
+  std::vector<std::string> missing, unexpected;
+  for (const auto& [key, p] : expected) {
+    if (!given.count(key)) missing.push_back(key);
+  }
+  for (const auto& [key, t] : given) {
+    if (!expected.count(key)) unexpected.push_back(key);
+  }
+  ADAPTERS_CHECK(missing.empty(), source, ": ", what, " lacks weights: ", first_keys(missing));
+  ADAPTERS_CHECK(unexpected.empty(), source, ": weights that ", what, " does not have: ", first_keys(unexpected),
+                 " (was it saved with another configuration or placement?)");
+  for (const auto& [key, p] : expected) {
+    const torch::Tensor& t = given.at(key);
+    ADAPTERS_CHECK(t.sizes() == p.sizes(), source, ": weight '", key, "' has shape ", t.sizes(), ", ", what,
+                   " expects ", p.sizes());
+    ADAPTERS_CHECK(t.is_floating_point(), source, ": weight '", key, "' has dtype ", t.scalar_type(),
+                   ", expected a floating-point tensor");
+  }
+  c10::NoGradGuard no_grad;
+  for (const auto& [key, p] : expected) const_cast<torch::Tensor&>(p).copy_(given.at(key));
 }
 
 std::string read_text_file(const fs::path& path) {

@@ -66,6 +66,12 @@ void write_file_atomic_streamed(const fs::path& path,
 // symbol, which the dynamic linker binds first.)
 void remove_tree(const fs::path& path) noexcept;
 
+// Copies `given` into the tensors of `expected` (a module's parameters by name, e.g. an adapter's
+// state dict) after checking that both name the same keys, with the same shapes, in floating-point
+// dtypes. On a mismatch nothing is copied and adapters::Error names `source`, `what` (e.g.
+// "adapter 'lang'") and the missing, unexpected or mis-shaped keys.
+void copy_checked(const TensorMap& expected, const TensorMap& given, const std::string& source, const std::string& what);
+
 // Reads a whole text file; throws adapters::Error naming the path when it cannot.
 std::string read_text_file(const fs::path& path);
 

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <set>
@@ -808,12 +809,30 @@ int64_t resolve_pad_id(const tokenizer::Tokenizer& tokenizer, const FeatureOptio
   throw Error("tokenizer: expected a padding token ([PAD] or <pad>) or padding settings, found neither", "set FeatureOptions::pad_id");
 }
 
+// The tokens of `full` with only the context tokens [begin, end) of its context kept.
+Tokens context_window(const Tokens& full, size_t begin, size_t end) {
+  Tokens out;
+  size_t context_index = 0;
+  for (size_t t = 0; t < full.ids.size(); ++t) {
+    if (full.sequence[t] == 1) {
+      const size_t i = context_index++;
+      if (i < begin || i >= end) continue;
+    }
+    out.ids.push_back(full.ids[t]);
+    out.type_ids.push_back(full.type_ids[t]);
+    out.offsets.push_back(full.offsets[t]);
+    out.sequence.push_back(full.sequence[t]);
+  }
+  return out;
+}
+
 class FeatureMaker {
  public:
-  FeatureMaker(const tokenizer::Tokenizer& tokenizer, const Dataset& dataset, const LabelMap& labels, size_t max_length)
-      : tokenizer_(tokenizer), dataset_(dataset), labels_(labels), max_length_(max_length) {}
+  FeatureMaker(const tokenizer::Tokenizer& tokenizer, const Dataset& dataset, const LabelMap& labels, const FeatureOptions& options)
+      : tokenizer_(tokenizer), dataset_(dataset), labels_(labels), max_length_(options.max_length), doc_stride_(options.doc_stride) {}
 
-  Feature make(size_t index) const {
+  // The features of example `index` (one, or one per window for QA with a doc stride).
+  void make(size_t index, std::vector<Feature>& out) const {
     const Example& example = dataset_.examples[index];
     Feature feature;
     feature.example = index;
@@ -822,10 +841,13 @@ class FeatureMaker {
       case TaskKind::Regression:
       case TaskKind::MultiLabel: sequence(example, feature); break;
       case TaskKind::TokenClassification: tagging(example, feature); break;
-      case TaskKind::QuestionAnswering: question_answering(example, feature); break;
+      case TaskKind::QuestionAnswering:
+        if (doc_stride_ > 0) return question_answering_windows(example, index, out);
+        question_answering(qa_tokens(example, max_length_), example, feature);
+        break;
       case TaskKind::MultipleChoice: multiple_choice(example, feature); break;
     }
-    return feature;
+    out.push_back(std::move(feature));
   }
 
  private:
@@ -856,8 +878,38 @@ class FeatureMaker {
     feature.rows.push_back(row_of(tokens));
   }
 
-  void question_answering(const Example& example, Feature& feature) const {
-    const Tokens tokens = encode(example.question, &example.context, Truncation::OnlySecond, dataset_.where(example));
+  Tokens qa_tokens(const Example& example, size_t max_length) const {
+    const tokenizer::Encoding e = tokenizer_.encode_pair(example.question, example.context);
+    return truncated(e, max_length, Truncation::OnlySecond, dataset_.where(example));
+  }
+
+  // HF run_qa's overflowing windows: every window holds the question and `room` context tokens,
+  // the next one starting room - doc_stride tokens later.
+  void question_answering_windows(const Example& example, size_t index, std::vector<Feature>& out) const {
+    const Tokens full = qa_tokens(example, std::numeric_limits<size_t>::max());
+    size_t context = 0, question = 0;
+    for (int s : full.sequence) {
+      if (s == 0) ++question;
+      if (s == 1) ++context;
+    }
+    const size_t specials = full.ids.size() - context - question;
+    const std::string where = dataset_.where(example);
+    ADAPTERS_CHECK(question + specials < max_length_, where, ": the question takes ", question,
+                   " tokens, leaving no room for the context: expected fewer than ", max_length_ - specials,
+                   " (raise FeatureOptions::max_length)");
+    const size_t room = max_length_ - specials - question;
+    ADAPTERS_CHECK(doc_stride_ < room, where, ": doc_stride ", doc_stride_, " must be smaller than the ", room,
+                   " context tokens a window holds (lower doc_stride or raise max_length)");
+    for (size_t begin = 0;; begin += room - doc_stride_) {
+      Feature feature;
+      feature.example = index;
+      question_answering(context_window(full, begin, begin + room), example, feature);
+      out.push_back(std::move(feature));
+      if (begin + room >= context) break;
+    }
+  }
+
+  void question_answering(const Tokens& tokens, const Example& example, Feature& feature) const {
     for (size_t t = 0; t < tokens.ids.size(); ++t) {
       feature.context_offsets.push_back(tokens.sequence[t] == 1 ? std::optional(tokens.offsets[t]) : std::nullopt);
     }
@@ -879,7 +931,7 @@ class FeatureMaker {
   const tokenizer::Tokenizer& tokenizer_;
   const Dataset& dataset_;
   const LabelMap& labels_;
-  size_t max_length_;
+  size_t max_length_, doc_stride_;
 };
 
 }  // namespace
@@ -899,9 +951,9 @@ FeatureSet make_features(const tokenizer::Tokenizer& tokenizer, const Dataset& d
   set.num_labels = labels.size();
   set.pad_id = resolve_pad_id(tokenizer, options);
   set.pad_type_id = tokenizer.padding() ? tokenizer.padding()->pad_type_id : 0;
-  const FeatureMaker maker(tokenizer, dataset, labels, options.max_length);
+  const FeatureMaker maker(tokenizer, dataset, labels, options);
   set.features.reserve(dataset.size());
-  for (size_t i = 0; i < dataset.size(); ++i) set.features.push_back(maker.make(i));
+  for (size_t i = 0; i < dataset.size(); ++i) maker.make(i, set.features);
   return set;
 }
 

@@ -228,16 +228,21 @@ struct Feature {
 struct FeatureOptions {
   size_t max_length = 128;        // tokens per row, special tokens included
   std::optional<int64_t> pad_id;  // default: the tokenizer's padding id, else [PAD] or <pad>
+  // Question answering: a context too long for max_length is cut into overlapping windows, each a
+  // feature of its own, consecutive windows sharing doc_stride context tokens (HF run_qa's
+  // --doc_stride). 0: one window, the rest of the context truncated.
+  size_t doc_stride = 0;
 };
 
 struct FeatureSet {
   TaskKind task = TaskKind::SequenceClassification;
   size_t num_labels = 0;  // label map size (classification, multilabel, tagging)
   int64_t pad_id = 0, pad_type_id = 0;
-  std::vector<Feature> features;  // one per example, in dataset order
+  std::vector<Feature> features;  // one per example (QA with doc_stride: one per window), in dataset order
 };
 
-// Tokenizes every example: pairs as (text, text_pair), QA as (question, context), multiple choice
+// Tokenizes every example: pairs as (text, text_pair), QA as (question, context) (in windows when
+// FeatureOptions::doc_stride is set; a window that does not hold the answer points at CLS), multiple choice
 // as (context, question + " " + choice) per choice. Rows longer than max_length are truncated as
 // HF does (longest-first for pairs; only the context for QA), after the tokenizer's own
 // truncation, if any. Token classification joins the words with single spaces and aligns labels

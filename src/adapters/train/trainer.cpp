@@ -11,6 +11,8 @@
 #include <cmath>
 #include <csignal>
 #include <iostream>
+#include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <type_traits>
@@ -236,13 +238,22 @@ std::vector<double> to_doubles(const Tensor& t) {
 }
 
 // The best span (start <= end, at most 30 tokens) of one row's start and end logits.
-std::pair<size_t, size_t> best_span(const Tensor& start, const Tensor& end) {
+// The highest-scoring answer span of one QA feature (start_logit + end_logit, at most 30 tokens,
+// both ends inside the context, as HF's postprocess_qa_predictions); none when the feature holds
+// no context.
+struct SpanChoice {
+  double score = -std::numeric_limits<double>::infinity();
+  std::string text;
+};
+
+SpanChoice best_span(const Tensor& start, const Tensor& end, const Example& example, const Feature& feature) {
   const auto s = to_doubles(start), e = to_doubles(end);
-  std::pair<size_t, size_t> best{0, 0};
-  double best_score = -1e300;
+  const auto in_context = [&](size_t t) { return t < feature.context_offsets.size() && feature.context_offsets[t].has_value(); };
+  SpanChoice best;
   for (size_t i = 0; i < s.size(); ++i) {
+    if (!in_context(i)) continue;
     for (size_t j = i; j < e.size() && j < i + 30; ++j) {
-      if (s[i] + e[j] > best_score) best = {i, j}, best_score = s[i] + e[j];
+      if (in_context(j) && s[i] + e[j] > best.score) best = {s[i] + e[j], span_text(example, feature, i, j)};
     }
   }
   return best;
@@ -259,8 +270,7 @@ EvalResult evaluate(AdapterModelImpl& model, const FeatureSet& features, size_t 
   EvalResult result;
   std::vector<int64_t> gold;
   std::vector<double> gold_values, predicted_values;
-  std::vector<std::string> answers;
-  std::vector<std::vector<std::string>> gold_answers;
+  std::map<size_t, SpanChoice> answer_of;  // QA: the best span over each example's windows
   double loss_sum = 0;
   for (const auto& indices : plan_batches(features, {batch_size, false})) {
     const Batch batch = collate(features, indices);
@@ -289,12 +299,9 @@ EvalResult evaluate(AdapterModelImpl& model, const FeatureSet& features, size_t 
         if (dataset == nullptr) break;
         for (int64_t b = 0; b < batch.batch_size; ++b) {
           const Feature& f = features.features[batch.features[static_cast<size_t>(b)]];
-          const Example& e = dataset->examples.at(f.example);
-          const auto [s, t] = best_span(out.head.at("start_logits")[b], out.head.at("end_logits")[b]);
-          answers.push_back(span_text(e, f, s, t));
-          std::vector<std::string> golds;
-          for (const auto& a : e.answers) golds.push_back(a.text);
-          gold_answers.push_back(golds);
+          SpanChoice span = best_span(out.head.at("start_logits")[b], out.head.at("end_logits")[b], dataset->examples.at(f.example), f);
+          SpanChoice& kept = answer_of[f.example];
+          if (span.score > kept.score) kept = std::move(span);
         }
         break;
       case TaskKind::MultiLabel: break;
@@ -313,7 +320,14 @@ EvalResult evaluate(AdapterModelImpl& model, const FeatureSet& features, size_t 
   } else if (features.task == TaskKind::Regression) {
     result.metrics["pearson"] = pearson(gold_values, predicted_values);
     result.metrics["spearman"] = spearman(gold_values, predicted_values);
-  } else if (!answers.empty()) {
+  } else if (!answer_of.empty()) {
+    std::vector<std::string> answers;
+    std::vector<std::vector<std::string>> gold_answers;
+    for (const auto& [example, span] : answer_of) {
+      answers.push_back(span.text);
+      gold_answers.emplace_back();
+      for (const auto& a : dataset->examples.at(example).answers) gold_answers.back().push_back(a.text);
+    }
     const QaScores qa = squad_scores(answers, gold_answers);
     result.metrics["exact_match"] = qa.exact_match;
     result.metrics["f1"] = qa.f1;
@@ -374,10 +388,15 @@ void write_checkpoint(const fs::path& dir, const ParameterGroups& groups, torch:
                       const TrainerState& state) {
   const fs::path temporary = dir.parent_path() / ("." + dir.filename().string() + ".tmp");
   io::remove_tree(temporary);
-  fs::create_directories(temporary);
-  io::write_safetensors(temporary / kTrainableFile, trainable_tensors(groups), {{"format", "pt"}});
-  io::write_safetensors(temporary / kOptimizerFile, adamw_state_tensors(optimizer, groups), {{"format", "pt"}});
-  io::write_file_atomic(temporary / kTrainerStateFile, state_json(state).dump(2) + "\n");
+  try {
+    fs::create_directories(temporary);
+    io::write_safetensors(temporary / kTrainableFile, trainable_tensors(groups), {{"format", "pt"}});
+    io::write_safetensors(temporary / kOptimizerFile, adamw_state_tensors(optimizer, groups), {{"format", "pt"}});
+    io::write_file_atomic(temporary / kTrainerStateFile, state_json(state).dump(2) + "\n");
+  } catch (...) {
+    io::remove_tree(temporary);  // e.g. a full disk: no partial checkpoint is left behind
+    throw;
+  }
   io::remove_tree(dir);
   fs::rename(temporary, dir);
 }
