@@ -101,6 +101,31 @@ std::set<std::string> trainable_names(const torch::nn::Module& model) {
   return out;
 }
 
+// A LoRA model trained for one epoch into a fresh folder (checkpoint-<steps> at its end).
+struct OneEpochRun {
+  AdapterModel model;
+  TrainerOptions options;
+};
+
+OneEpochRun one_epoch_run(const std::string& dir_name, const FeatureSet& train) {
+  OneEpochRun run{tiny_model("lora[r=8]"), quick_options(fresh_dir(dir_name))};
+  run.options.epochs = 1;
+  Trainer(run.options).train(run.model, train);
+  return run;
+}
+
+// The message of the adapters::Error `f` throws (fails the test when it throws none).
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected an adapters::Error";
+  return "";
+}
+
 }  // namespace
 
 TEST(Trainer, LearnsTheMarkerTaskAndLogsIt) {
@@ -151,13 +176,10 @@ TEST(Trainer, ChangesOnlyTrainableParameters) {
 
 TEST(Trainer, CheckpointHoldsOnlyTrainableParametersAndOptimizerState) {
   const FeatureSet train = marker_task(32, 4);
-  AdapterModel model = tiny_model("lora[r=8]");
-  const fs::path dir = fresh_dir("checkpoint");
-  TrainerOptions options = quick_options(dir);
-  options.epochs = 1;
-  Trainer(options).train(model, train);
+  const OneEpochRun run = one_epoch_run("checkpoint", train);
+  const fs::path& dir = run.options.output_dir;
 
-  const auto trainable = trainable_names(*model);
+  const auto trainable = trainable_names(*run.model);
   const io::TensorMap saved = io::read_checkpoint(dir / "checkpoint-2" / kTrainableFile);
   std::set<std::string> saved_names;
   for (const auto& [name, tensor] : saved) saved_names.insert(name);
@@ -223,22 +245,13 @@ TEST(Trainer, ResumeFromAnInterruptedRunIsBitIdentical) {
 
 TEST(Trainer, RefusesAnOutputDirHoldingARun) {
   const FeatureSet train = marker_task(16, 7);
-  const fs::path dir = fresh_dir("refuse");
-  TrainerOptions options = quick_options(dir);
-  options.epochs = 1;
-  AdapterModel model = tiny_model("lora[r=8]");
-  Trainer(options).train(model, train);
-  try {
-    Trainer(options).train(model, train);
-    FAIL() << "expected adapters::Error";
-  } catch (const Error& e) {
-    const std::string message = e.what();
-    EXPECT_NE(message.find(dir.string()), std::string::npos) << message;
-    EXPECT_NE(message.find("overwrite"), std::string::npos) << message;
-    EXPECT_NE(message.find("resume_from"), std::string::npos) << message;
-  }
-  options.overwrite = true;
-  EXPECT_EQ(Trainer(options).train(model, train).status, "completed");
+  OneEpochRun run = one_epoch_run("refuse", train);
+  const std::string message = error_of([&] { Trainer(run.options).train(run.model, train); });
+  EXPECT_NE(message.find(run.options.output_dir.string()), std::string::npos) << message;
+  EXPECT_NE(message.find("overwrite"), std::string::npos) << message;
+  EXPECT_NE(message.find("resume_from"), std::string::npos) << message;
+  run.options.overwrite = true;
+  EXPECT_EQ(Trainer(run.options).train(run.model, train).status, "completed");
 }
 
 TEST(Trainer, WeightDecaySkipsBiasesAndNorms) {
@@ -316,25 +329,18 @@ class FileSizeLimit {
 
 TEST(Trainer, FullDiskWhileSavingLeavesTheLastCheckpointIntact) {
   const FeatureSet train = marker_task(32, 10);
-  const fs::path dir = fresh_dir("full_disk");
-  TrainerOptions options = quick_options(dir);
-  options.epochs = 1;
-  AdapterModel model = tiny_model("lora[r=8]");
-  Trainer(options).train(model, train);
+  OneEpochRun run = one_epoch_run("full_disk", train);
+  const fs::path& dir = run.options.output_dir;
   const fs::path last = dir / "checkpoint-2";
   const io::TensorMap before = io::read_checkpoint(last / kTrainableFile);
 
-  TrainerOptions more = options;
+  TrainerOptions more = run.options;
   more.epochs = 2;
   more.resume_from = last;
   std::string message;
   {
     const FileSizeLimit limit(1024);  // below the size of the next checkpoint's weight files
-    try {
-      Trainer(more).train(model, train);
-    } catch (const Error& e) {
-      message = e.what();
-    }
+    message = error_of([&] { Trainer(more).train(run.model, train); });
   }
   ASSERT_FALSE(message.empty()) << "saving past the file size limit did not fail";
   EXPECT_NE(message.find(dir.string()), std::string::npos) << message;

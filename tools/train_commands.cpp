@@ -533,6 +533,7 @@ void add_pretrain(CLI::App& app) {
     auto optimizer = tr::make_adamw(groups, a->learning_rate, 0.01);
     const std::int64_t pad = config.pad_token_id, vocab = config.vocab_size;
     std::mt19937_64 rng(a->seed);
+    const std::int64_t warmup = std::max<std::int64_t>(1, a->warmup_steps);
     const auto start = std::chrono::steady_clock::now();
     double last_save = 0;
     const std::int64_t planned = a->max_steps > 0 ? a->max_steps : 1000000;
@@ -569,13 +570,12 @@ void add_pretrain(CLI::App& app) {
           else if (r < 0.9) id[b][j] = 4 + static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(vocab - 5));
         }
       }
-      // Linear warm-up over 500 steps, then linear decay to 10% over the budget (time or steps).
-      const std::int64_t warmup = std::max<std::int64_t>(1, a->warmup_steps);
+      // Linear warm-up, then linear decay to 10% over the budget (time or steps).
       const double progress = a->max_steps > 0 ? static_cast<double>(step) / static_cast<double>(a->max_steps)
                                                : elapsed / (a->minutes * 60);
       tr::set_learning_rate(*optimizer, a->learning_rate * std::min(1.0, static_cast<double>(step + 1) / warmup) *
                                             (1.0 - 0.9 * std::min(1.0, progress)));
-      // The vocabulary projection only at the masked positions (15% of the tokens).
+      // The vocabulary projection only at the masked positions.
       ForwardOptions options;
       options.skip_heads = true;
       const ModelOutput out = model->forward({ids, mask, torch::Tensor()}, options);
@@ -588,7 +588,8 @@ void add_pretrain(CLI::App& app) {
       loss.backward();
       torch::nn::utils::clip_grad_norm_(model->parameters(), 1.0);
       optimizer->step();
-      smoothed = step == 0 ? loss.item<double>() : 0.98 * smoothed + 0.02 * loss.item<double>();
+      const double value = loss.item<double>();
+      smoothed = step == 0 ? value : 0.98 * smoothed + 0.02 * value;
       if (step % 100 == 0) std::cerr << "pretrain: step " << step << " loss " << smoothed << " (" << elapsed << " s)\n";
       if (a->save_every_minutes > 0 && elapsed - last_save > a->save_every_minutes * 60) {
         save_base_model(model, a->out);  // written to a temporary file, then renamed

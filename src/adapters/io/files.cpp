@@ -1,6 +1,7 @@
 // File helpers of the checkpoint layer: atomic writes (temporary file beside the target, fsync,
 // rename), whole-file text reads, and read_checkpoint, which picks the reader by file name and
-// assembles sharded checkpoints from their *.index.json.
+// assembles sharded checkpoints from their *.index.json; copy_checked, which loads a state dict
+// into parameters after checking names, shapes and dtypes.
 #include "adapters/io/tensors.h"
 
 #include "adapters/core/error.h"

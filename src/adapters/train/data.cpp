@@ -705,11 +705,22 @@ struct Tokens {
 // HF's token budget per sequence (tokenizers' truncate_encodings, right side): longest-first
 // shortens the longer sequence, splitting the room evenly when both are long; only-second keeps
 // the first sequence whole.
+// A row of max_length tokens must hold its special tokens and at least one token of text.
+void check_specials_fit(size_t specials, size_t max_length, const std::string& where) {
+  ADAPTERS_CHECK(specials < max_length, where, ": max_length ", max_length, " leaves no room for text next to the ", specials,
+                 " special tokens: expected a larger FeatureOptions::max_length");
+}
+
+// QA keeps the question whole: it must leave room for at least one context token.
+void check_question_fits(size_t question, size_t room, const std::string& where) {
+  ADAPTERS_CHECK(question < room, where, ": the question takes ", question, " tokens, leaving no room for the context: expected fewer than ",
+                 room, " (raise FeatureOptions::max_length)");
+}
+
 std::pair<size_t, size_t> budgets(size_t n1, size_t n2, size_t room, Truncation strategy, const std::string& where) {
   if (n1 + n2 <= room) return {n1, n2};
   if (strategy == Truncation::OnlySecond) {
-    ADAPTERS_CHECK(n1 < room, where, ": the question takes ", n1, " tokens, leaving no room for the context: expected fewer than ", room,
-                   " (raise FeatureOptions::max_length)");
+    check_question_fits(n1, room, where);
     return {n1, room - n1};
   }
   const bool first_is_longer = n1 > n2;
@@ -741,8 +752,7 @@ Tokens truncated(const tokenizer::Encoding& e, size_t max_length, Truncation str
     if (s == 0 || s == 1) ++count[s];
   }
   const size_t specials = live.size() - count[0] - count[1];
-  ADAPTERS_CHECK(specials < max_length, where, ": max_length ", max_length, " leaves no room for text next to the ", specials,
-                 " special tokens: expected a larger FeatureOptions::max_length");
+  check_specials_fit(specials, max_length, where);
   const auto [keep0, keep1] = budgets(count[0], count[1], max_length - specials, strategy, where);
   const size_t keep[2] = {keep0, keep1};
   size_t kept[2] = {0, 0};
@@ -894,9 +904,8 @@ class FeatureMaker {
     }
     const size_t specials = full.ids.size() - context - question;
     const std::string where = dataset_.where(example);
-    ADAPTERS_CHECK(question + specials < max_length_, where, ": the question takes ", question,
-                   " tokens, leaving no room for the context: expected fewer than ", max_length_ - specials,
-                   " (raise FeatureOptions::max_length)");
+    check_specials_fit(specials, max_length_, where);
+    check_question_fits(question, max_length_ - specials, where);
     const size_t room = max_length_ - specials - question;
     ADAPTERS_CHECK(doc_stride_ < room, where, ": doc_stride ", doc_stride_, " must be smaller than the ", room,
                    " context tokens a window holds (lower doc_stride or raise max_length)");

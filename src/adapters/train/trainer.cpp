@@ -237,7 +237,6 @@ std::vector<double> to_doubles(const Tensor& t) {
   return {c.data_ptr<double>(), c.data_ptr<double>() + c.numel()};
 }
 
-// The best span (start <= end, at most 30 tokens) of one row's start and end logits.
 // The highest-scoring answer span of one QA feature (start_logit + end_logit, at most 30 tokens,
 // both ends inside the context, as HF's postprocess_qa_predictions); none when the feature holds
 // no context.
@@ -250,12 +249,14 @@ SpanChoice best_span(const Tensor& start, const Tensor& end, const Example& exam
   const auto s = to_doubles(start), e = to_doubles(end);
   const auto in_context = [&](size_t t) { return t < feature.context_offsets.size() && feature.context_offsets[t].has_value(); };
   SpanChoice best;
+  size_t best_start = 0, best_end = 0;
   for (size_t i = 0; i < s.size(); ++i) {
     if (!in_context(i)) continue;
     for (size_t j = i; j < e.size() && j < i + 30; ++j) {
-      if (in_context(j) && s[i] + e[j] > best.score) best = {s[i] + e[j], span_text(example, feature, i, j)};
+      if (in_context(j) && s[i] + e[j] > best.score) best.score = s[i] + e[j], best_start = i, best_end = j;
     }
   }
+  if (std::isfinite(best.score)) best.text = span_text(example, feature, best_start, best_end);
   return best;
 }
 
@@ -315,8 +316,9 @@ EvalResult evaluate(AdapterModelImpl& model, const FeatureSet& features, size_t 
     result.metrics["macro_f1"] = macro_f1(gold, result.predictions);
     result.metrics["mcc"] = matthews_corrcoef(gold, result.predictions);
   } else if (features.task == TaskKind::TokenClassification) {
-    result.metrics["token_f1"] = token_f1(gold, result.predictions).f1;
-    result.metrics["accuracy"] = token_f1(gold, result.predictions).f1;  // every position counts: accuracy
+    const double f1 = token_f1(gold, result.predictions).f1;
+    result.metrics["token_f1"] = f1;
+    result.metrics["accuracy"] = f1;  // every position counts: accuracy
   } else if (features.task == TaskKind::Regression) {
     result.metrics["pearson"] = pearson(gold_values, predicted_values);
     result.metrics["spearman"] = spearman(gold_values, predicted_values);
