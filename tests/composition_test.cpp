@@ -192,6 +192,31 @@ TEST(Composition, TrainAdapterFusionTrainsOnlyTheFusion) {
   }
 }
 
+// The reference names a fusion after the last adapter of each child: Fuse(Stack(p, q), r) fuses
+// q and r, and its fusion layer is "q,r".
+TEST(Composition, FuseOfAStackIsNamedAfterTheStacksLastAdapter) {
+  EXPECT_EQ(parse("Fuse(Stack(p, q), r)").fusion_name(), "q,r");
+  EXPECT_EQ(parse("Fuse(a, b)").fusion_name(), "a,b");
+  AdapterModel model = model_with({{"p", "seq_bn"}, {"q", "seq_bn"}, {"r", "seq_bn"}});
+  model->add_adapter_fusion(parse("Fuse(Stack(p, q), r)"));
+  EXPECT_TRUE(model->has_adapter_fusion("q,r"));
+  EXPECT_FALSE(model->has_adapter_fusion("p,q,r"));
+  model->set_active_adapters("Fuse(Stack(p, q), r)");  // finds the fusion layer "q,r"
+  const auto with_stack = hidden(model, tiny_inputs());
+  model->set_active_adapters("Fuse(q, r)");              // the same layer, without p before q
+  EXPECT_FALSE(torch::allclose(hidden(model, tiny_inputs()), with_stack, 1e-5, 1e-5));
+}
+
+// As the reference: train_adapter_fusion(setup) makes `setup` the active setup, whatever was active.
+TEST(Composition, TrainAdapterFusionActivatesItsSetup) {
+  AdapterModel model = model_with({{"a", "seq_bn"}, {"b", "seq_bn"}, {"x", "seq_bn"}});
+  model->add_adapter_fusion(parse("Fuse(a, b)"));
+  model->set_active_adapters("Stack(x, Fuse(a, b))");
+  model->train_adapter_fusion(parse("Fuse(a, b)"));
+  ASSERT_TRUE(model->active_setup().has_value());
+  EXPECT_EQ(*model->active_setup(), composition::normalize_active(parse("Fuse(a, b)")));
+}
+
 TEST(Composition, SetupStringsAndJsonRoundTrip) {
   for (const std::string text :
        {"a", "Stack(a, b)", "Stack(a, Fuse(b, c))", "Split(a, b, split_index=3)", "BatchSplit(a, b, batch_sizes=[1, 2])",

@@ -1,6 +1,6 @@
 // The golden fixtures of the reference (adapter-transformers 3.2.1), one test per case and weight
 // file: our outputs (and, for training cases, the gradient of every trainable parameter) must
-// match at the case's tolerances. Every case of the four encoder architectures is in scope;
+// match at the case's tolerances. Every case of the architectures this build implements is in scope;
 // a case of another architecture must be refused cleanly (NotSupported).
 #include <gtest/gtest.h>
 
@@ -14,7 +14,7 @@ namespace {
 
 // Cases of the architectures this build implements: they must run and match.
 const std::regex& must_pass() {
-  static const std::regex r("^(bert|roberta|xlm-roberta|distilbert)__.*$");
+  static const std::regex r("^(bert|roberta|xlm-roberta|distilbert|vit|beit|albert|deberta|deberta-v2)__.*$");
   return r;
 }
 

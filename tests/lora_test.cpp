@@ -469,18 +469,22 @@ TEST(LoRADevice, Bfloat16AndCuda) {
 class FusedTestModel : public models::BaseModelImpl {
  public:
   explicit FusedTestModel(const models::ModelConfig& c) : BaseModelImpl(c) {
+    // Its sites are found from the module tree: c_attn, q, k, v in registration order.
     fused = register_module("c_attn", nn::AdaptedLinear(8, 12, true, 0,
                                                         std::vector<nn::OutputSlice>{{"q", 0, 4}, {"k", 4, 4}, {"v", 8, 4}}));
     q = register_module("q", nn::AdaptedLinear(8, 4, true, 0, "q"));
     k = register_module("k", nn::AdaptedLinear(8, 4, true, 0, "k"));
     v = register_module("v", nn::AdaptedLinear(8, 4, true, 0, "v"));
-    sites_.linear = {fused.get(), q.get(), k.get(), v.get()};
     torch::NoGradGuard no_grad;
     fused->weight.copy_(torch::cat({q->weight, k->weight, v->weight}));
     fused->bias.copy_(torch::cat({q->bias, k->bias, v->bias}));
   }
-  models::BaseModelOutput forward(const models::ModelInputs&, nn::ForwardContext&) override { return {}; }
   nn::AdaptedLinear fused{nullptr}, q{nullptr}, k{nullptr}, v{nullptr};
+
+ protected:
+  torch::Tensor embed(const models::ModelInputs&, models::LayerArgs&, nn::ForwardContext&) override { return {}; }
+  std::int64_t num_layers() const override { return 0; }
+  torch::Tensor layer(std::int64_t, const torch::Tensor& h, models::LayerArgs&, nn::ForwardContext&) override { return h; }
 };
 
 TEST(LoRAFused, OneDeltaPerFusedLayerEqualsThreeSeparateOnes) {

@@ -14,9 +14,11 @@ namespace {
 class ArchTest : public ::testing::TestWithParam<std::string> {
  protected:
   AdapterModel load() { return load_pretrained(model_dir(GetParam())); }
+  models::ModelInputs inputs() const { return inputs_for(GetParam()); }
 };
 
-INSTANTIATE_TEST_SUITE_P(Archs, ArchTest, ::testing::Values("bert", "roberta", "xlm-roberta", "distilbert"),
+INSTANTIATE_TEST_SUITE_P(Archs, ArchTest, ::testing::Values("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert",
+                                                            "deberta", "deberta-v2", "vit", "beit"),
                          [](const auto& info) {
                            std::string n = info.param;
                            std::replace(n.begin(), n.end(), '-', '_');
@@ -36,7 +38,7 @@ TEST_P(ArchTest, ParameterNamesEqualCheckpointKeys) {
 
 TEST_P(ArchTest, InactiveAdapterLeavesTheModelExactlyPlain) {
   AdapterModel model = load();
-  const auto in = tiny_inputs();
+  const auto in = inputs();
   const torch::Tensor base = hidden(model, in);
   model->add_adapter("a", "seq_bn");
   randomize_adapter(model, "a");
@@ -49,7 +51,7 @@ TEST_P(ArchTest, InactiveAdapterLeavesTheModelExactlyPlain) {
 
 TEST_P(ArchTest, DeleteRestoresTheBase) {
   AdapterModel model = load();
-  const auto in = tiny_inputs();
+  const auto in = inputs();
   const torch::Tensor base = hidden(model, in);
   const auto keys_before = model->named_parameters().keys();
   model->add_adapter("a", "double_seq_bn", false, true);
@@ -69,7 +71,7 @@ TEST_P(ArchTest, SaveThenLoadIsBitIdentical) {
     TempDir tmp;
     model->add_adapter("a", spec, false, true);
     randomize_adapter(model, "a");
-    const torch::Tensor before = hidden(model, tiny_inputs());
+    const torch::Tensor before = hidden(model, inputs());
     model->save_adapter(tmp / "a", "a");
 
     AdapterModel fresh = load();
@@ -79,7 +81,7 @@ TEST_P(ArchTest, SaveThenLoadIsBitIdentical) {
     const auto loaded = fresh->adapter_state_dict("a");
     ASSERT_EQ(saved.size(), loaded.size());
     for (const auto& [key, t] : saved) EXPECT_TRUE(torch::equal(t, loaded.at(key))) << key;
-    EXPECT_TRUE(torch::equal(hidden(fresh, tiny_inputs()), before));
+    EXPECT_TRUE(torch::equal(hidden(fresh, inputs()), before));
   }
 }
 
@@ -99,7 +101,7 @@ TEST_P(ArchTest, TrainAdapterLeavesOnlyTheAdapterTrainable) {
   }
   EXPECT_GT(trainable, 0);
   // Gradients reach exactly the trainable parameters.
-  model->forward(tiny_inputs()).last_hidden_state.pow(2).sum().backward();
+  model->forward(inputs()).last_hidden_state.pow(2).sum().backward();
   for (const auto& item : model->named_parameters()) {
     EXPECT_EQ(item.value().grad().defined(), item.value().requires_grad()) << item.key();
   }

@@ -15,7 +15,15 @@ namespace adapters::test {
 namespace fs = std::filesystem;
 
 inline fs::path fixtures_root() { return fs::path(ADAPTERS_FIXTURES) / "adapterhub"; }
-inline fs::path model_dir(const std::string& arch) { return fixtures_root() / "models" / arch; }
+// The tiny model of an architecture: the reference fixtures' (HF layout), or for architectures the
+// fixtures lack, one of ours in tests/data/models (see its README).
+inline fs::path model_dir(const std::string& arch) {
+  const fs::path fixture = fixtures_root() / "models" / arch;
+#ifdef ADAPTERS_TEST_DATA
+  if (!fs::exists(fixture)) return fs::path(ADAPTERS_TEST_DATA) / "models" / arch;
+#endif
+  return fixture;
+}
 
 // A fresh folder under the system temp dir, removed when the object dies.
 class TempDir {
@@ -39,6 +47,18 @@ inline models::ModelInputs tiny_inputs(std::int64_t vocab_size = 99) {
   torch::Tensor mask = torch::ones({2, 8}, torch::kLong);
   mask[1].narrow(0, 5, 3).zero_();
   return {ids, mask, torch::Tensor()};
+}
+
+// (2,3,16,16) pixel values for the tiny vision models (image_size 16).
+inline models::ModelInputs tiny_pixels() {
+  models::ModelInputs in;
+  in.pixel_values = torch::linspace(-1.0, 1.0, 2 * 3 * 16 * 16).view({2, 3, 16, 16}).sin();
+  return in;
+}
+
+// Tiny inputs of the kind an architecture reads (pixels for vision models, tokens otherwise).
+inline models::ModelInputs inputs_for(const std::string& arch) {
+  return arch == "vit" || arch == "beit" ? tiny_pixels() : tiny_inputs();
 }
 
 // Fills every parameter of an adapter with random values (so it visibly changes outputs).

@@ -15,7 +15,9 @@
 
 #include "adapters/core/log.h"
 #include "adapters/hub/hub.h"
+#include "adapters/io/image.h"
 #include "adapters/model.h"
+#include "adapters/models/registry.h"
 #include "adapters/tokenizer/tokenizer.h"
 #include "adapters/train/metrics.h"
 #include "adapters/train/progress.h"
@@ -344,9 +346,9 @@ struct UseArgs {
   std::size_t batch_size = 32;
 };
 
-// The model with the saved adapter (and its head) loaded and active.
-std::pair<AdapterModel, std::string> load_for_use(const UseArgs& u) {
-  AdapterModel model = load_pretrained(hub::resolve_model(u.model));
+// The model (from its resolved folder) with the saved adapter (and its head) loaded and active.
+std::pair<AdapterModel, std::string> load_for_use(const UseArgs& u, const fs::path& model_dir) {
+  AdapterModel model = load_pretrained(model_dir);
   const std::string name = model->load_adapter(u.adapter, "", WeightsPreference::Safetensors, /*set_active=*/true);
   ADAPTERS_CHECK(model->has_head(name), u.adapter, ": no head saved with the adapter (head_config.json)",
                  " (train with `adapters train`, which saves the head beside the adapter)");
@@ -354,6 +356,8 @@ std::pair<AdapterModel, std::string> load_for_use(const UseArgs& u) {
   model->eval();
   return {std::move(model), name};
 }
+
+std::pair<AdapterModel, std::string> load_for_use(const UseArgs& u) { return load_for_use(u, hub::resolve_model(u.model)); }
 
 Tokenizer tokenizer_for(const UseArgs& u) {
   return Tokenizer::from_pretrained(u.tokenizer.empty() ? hub::resolve_model(u.model) : fs::path(u.tokenizer));
@@ -388,54 +392,103 @@ void add_eval(CLI::App& app) {
   });
 }
 
+// The texts of --text and --jsonl (one {"text": ...} object per line).
+std::vector<std::string> predict_texts(const std::vector<std::string>& texts, const std::string& jsonl,
+                                       const std::string& text_key) {
+  std::vector<std::string> inputs = texts;
+  if (jsonl.empty()) return inputs;
+  std::ifstream in(jsonl);
+  std::string line;
+  for (std::size_t n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    json j;
+    try {
+      j = json::parse(line);
+    } catch (const json::exception& e) {
+      throw Error(str(jsonl, ":", n, ": not a JSON object: ", e.what()));
+    }
+    ADAPTERS_CHECK(j.is_object() && j.contains(text_key) && j[text_key].is_string(), jsonl, ":", n,
+                   ": expected an object with a string '", text_key, "'");
+    inputs.push_back(j[text_key].get<std::string>());
+  }
+  return inputs;
+}
+
+// One JSON line: the input (under `input_key`), the best label and its probability.
+void print_prediction(const std::string& input_key, const std::string& input, const ModelOutput& out,
+                      const std::optional<tr::LabelMap>& labels) {
+  const torch::Tensor probs = torch::softmax(out.head.at("logits").to(torch::kFloat).view(-1), 0).cpu();
+  const std::int64_t best = probs.argmax().item<std::int64_t>();
+  json row = {{input_key, input}, {"label", labels ? labels->name(best) : std::to_string(best)},
+              {"score", probs[best].item<double>()}};
+  std::cout << row.dump() << '\n';
+}
+
+// Checks that the inputs given suit the model: images for vision models, texts otherwise.
+void check_predict_inputs(const fs::path& model_dir, bool images, bool texts) {
+  ADAPTERS_CHECK(images != texts, "predict: give --image, or --text / --jsonl", images ? " (not both)" : "");
+  const std::string type = models::load_model_config(model_dir / "config.json").model_type;
+  const bool vision = models::arch_spec(type).input == models::InputKind::Image;
+  ADAPTERS_CHECK(!images || vision, "predict: --image needs a vision model (vit, beit); ", model_dir,
+                 " is a '", type, "' model, which reads text: give --text or --jsonl");
+  ADAPTERS_CHECK(!texts || !vision, "predict: ", model_dir, " is a '", type,
+                 "' model, which reads images: give --image FILE (PNG or JPEG)");
+}
+
+// The processor's output size against the model's image_size (the model only says what it reads).
+void check_image_size(const io::ImageProcessor& p, const fs::path& model_dir, const json& config) {
+  if (!config.contains("image_size") || !config["image_size"].is_number_integer()) return;
+  const std::int64_t size = config["image_size"].get<std::int64_t>();
+  const std::int64_t h = p.do_center_crop ? p.crop_height : p.height, w = p.do_center_crop ? p.crop_width : p.width;
+  const fs::path file = model_dir / "preprocessor_config.json";
+  ADAPTERS_CHECK(!(p.do_resize || p.do_center_crop) || (h == size && w == size), file, ": the images are processed to ",
+                 h, "x", w, " but the model reads ", size, "x", size, " (config.json image_size)",
+                 fs::exists(file) ? "" : " (the file is missing: defaults used)");
+}
+
 void add_predict(CLI::App& app) {
   auto u = std::make_shared<UseArgs>();
   auto texts = std::make_shared<std::vector<std::string>>();
+  auto images = std::make_shared<std::vector<std::string>>();
   auto jsonl = std::make_shared<std::string>();
   auto text_key = std::make_shared<std::string>("text");
   auto max_length = std::make_shared<std::size_t>(128);
-  CLI::App* cmd = app.add_subcommand("predict", "Predict labels of texts with a trained adapter and head (JSONL out)");
+  CLI::App* cmd = app.add_subcommand("predict", "Predict labels of texts or images with a trained adapter and head (JSONL out)");
   add_use_options(cmd, *u);
   cmd->add_option("--text", *texts, "A text to classify (repeatable)");
   cmd->add_option("--jsonl", *jsonl, "A JSONL file with one {\"text\": ...} per line")->check(CLI::ExistingFile);
+  cmd->add_option("--image", *images,
+                  "An image to classify, PNG or JPEG (repeatable; vision models, preprocessed as the model "
+                  "folder's preprocessor_config.json says)");
   cmd->add_option("--text-key", *text_key, "Key of the text in --jsonl")->capture_default_str();
   cmd->add_option("--max-length", *max_length, "Tokens per text")->capture_default_str();
-  cmd->footer("Example:\n  adapters predict --model assets/tiny-encoder --adapter runs/lora/adapter --text \"I love pizza\"");
+  cmd->footer("Examples:\n  adapters predict --model assets/tiny-encoder --adapter runs/lora/adapter --text \"I love pizza\"\n"
+              "  adapters predict --model google/vit-base-patch16-224-in21k --adapter runs/vit/adapter --image cat.jpg");
   cmd->callback([=] {
-    std::vector<std::string> inputs = *texts;
-    if (!jsonl->empty()) {
-      std::ifstream in(*jsonl);
-      std::string line;
-      for (std::size_t n = 1; std::getline(in, line); ++n) {
-        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-        json j;
-        try {
-          j = json::parse(line);
-        } catch (const json::exception& e) {
-          throw Error(str(*jsonl, ":", n, ": not a JSON object: ", e.what()));
-        }
-        ADAPTERS_CHECK(j.is_object() && j.contains(*text_key) && j[*text_key].is_string(), *jsonl, ":", n,
-                       ": expected an object with a string '", *text_key, "'");
-        inputs.push_back(j[*text_key].get<std::string>());
-      }
-    }
-    ADAPTERS_CHECK(!inputs.empty(), "predict: give --text or --jsonl");
-    auto [model, name] = load_for_use(*u);
-    Tokenizer tok = tokenizer_for(*u);
+    const std::vector<std::string> inputs = predict_texts(*texts, *jsonl, *text_key);
+    const fs::path model_dir = hub::resolve_model(u->model);
+    check_predict_inputs(model_dir, !images->empty(), !inputs.empty());
+    auto [model, name] = load_for_use(*u, model_dir);
     const auto labels = head_labels(model, name);
     const torch::Device device = parse_device(u->device);
     torch::NoGradGuard no_grad;
+    if (!images->empty()) {
+      const io::ImageProcessor processor = io::ImageProcessor::load(model_dir, model->config().raw);
+      check_image_size(processor, model_dir, model->config().raw);
+      for (const auto& image : *images) {
+        models::ModelInputs in;
+        in.pixel_values = processor.pixel_values({image}).to(device);
+        print_prediction("image", image, model->forward(in), labels);
+      }
+      return;
+    }
+    Tokenizer tok = tokenizer_for(*u);
     for (const auto& text : inputs) {
       auto e = tok.encode(text);
       if (e.size() > *max_length) e.truncate(*max_length, 0, tokenizer::Encoding::Direction::Right);
       std::vector<std::int64_t> ids(e.ids.begin(), e.ids.end());
       const torch::Tensor input = torch::tensor(ids, torch::kLong).view({1, -1}).to(device);
-      const ModelOutput out = model->forward({input, torch::ones_like(input), torch::Tensor()});
-      const torch::Tensor probs = torch::softmax(out.head.at("logits").to(torch::kFloat).view(-1), 0).cpu();
-      const std::int64_t best = probs.argmax().item<std::int64_t>();
-      json row = {{"text", text}, {"label", labels ? labels->name(best) : std::to_string(best)},
-                  {"score", probs[best].item<double>()}};
-      std::cout << row.dump() << '\n';
+      print_prediction("text", text, model->forward({input, torch::ones_like(input), torch::Tensor()}), labels);
     }
   });
 }

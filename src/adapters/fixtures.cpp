@@ -72,6 +72,10 @@ CaseInputs read_inputs(const fs::path& case_dir) {
   };
   CaseInputs in;
   in.model = {take("input_ids"), take("attention_mask"), take("token_type_ids")};
+  if (auto it = t.find("pixel_values"); it != t.end()) {  // vision models: float (B,C,H,W), kept as it is
+    in.model.pixel_values = it->second;
+    t.erase(it);
+  }
   in.extra = std::move(t);
   return in;
 }

@@ -31,29 +31,26 @@ std::string join(const std::vector<std::string>& items, std::size_t limit = 20) 
   return out;
 }
 
-void check_inputs(const ModelInputs& in, std::int64_t vocab_size) {
-  ADAPTERS_CHECK(in.input_ids.defined(), "forward: input_ids is required");
-  ADAPTERS_CHECK(in.input_ids.dim() == 2, "forward: input_ids must be (B,T), found ", in.input_ids.dim(), " dimensions");
-  ADAPTERS_CHECK(in.input_ids.scalar_type() == torch::kLong, "forward: input_ids must be int64, found ",
-                 in.input_ids.scalar_type());
-  if (in.input_ids.numel() > 0) {
-    const auto lo = in.input_ids.min().item<std::int64_t>();
-    const auto hi = in.input_ids.max().item<std::int64_t>();
-    ADAPTERS_CHECK(lo >= 0 && hi < vocab_size, "forward: input_ids must lie in [0, ", vocab_size, "), found [", lo,
-                   ", ", hi, "]");
-  }
-  for (const auto& [what, t] : {std::pair<const char*, const Tensor&>{"attention_mask", in.attention_mask},
-                                {"token_type_ids", in.token_type_ids}}) {
-    if (!t.defined()) continue;
-    ADAPTERS_CHECK(t.sizes() == in.input_ids.sizes(), "forward: ", what, " must have the shape of input_ids ",
-                   in.input_ids.sizes(), ", found ", t.sizes());
-  }
+}  // namespace
+
+namespace {
+
+// The architecture of a config, with the keys its input kind needs checked before any module is built.
+const models::ArchSpec& checked_arch(const models::ModelConfig& config) {
+  const models::ArchSpec& arch = models::arch_spec(config.model_type);
+  ADAPTERS_CHECK(arch.input != models::InputKind::Text || config.vocab_size > 0, "config.json: missing key 'vocab_size'",
+                 " (a ", config.model_type, " model reads token ids and needs its vocabulary size)");
+  ADAPTERS_CHECK(!arch.heads_split_hidden || config.head_dim() * config.num_attention_heads == config.hidden_size,
+                 "config.json: head_dim ", config.head_dim(), " x num_attention_heads ", config.num_attention_heads, " = ",
+                 config.head_dim() * config.num_attention_heads, ", expected hidden_size ", config.hidden_size,
+                 " (the q/k/v projections of a ", config.model_type, " model are hidden_size wide)");
+  return arch;
 }
 
 }  // namespace
 
 AdapterModelImpl::AdapterModelImpl(const models::ModelConfig& config)
-    : arch_(&models::arch_spec(config.model_type)),
+    : arch_(&checked_arch(config)),
       base_(arch_->create(config)),
       heads_(nn::make_adapter_dict<heads::PredictionHead>()) {
   register_module(arch_->base_prefix, base_);
@@ -62,22 +59,26 @@ AdapterModelImpl::AdapterModelImpl(const models::ModelConfig& config)
 
 namespace {
 
-// Inputs follow the model to its device; (B,N,T) inputs (multiple choice) become (B*N,T).
+// Inputs follow the model to its device; (B,N,T) token inputs (multiple choice) become (B*N,T).
 ModelInputs prepare_inputs(const ModelInputs& in, const torch::Device& device) {
-  auto move = [&](const Tensor& t) {
-    if (!t.defined()) return t;
-    Tensor out = t.to(device);
-    return out.dim() > 2 ? out.reshape({-1, out.size(-1)}) : out;
+  auto to_device = [&](const Tensor& t) { return t.defined() ? t.to(device) : t; };
+  auto tokens = [&](const Tensor& t) {
+    Tensor out = to_device(t);
+    return out.defined() && out.dim() > 2 ? out.reshape({-1, out.size(-1)}) : out;
   };
-  return {move(in.input_ids), move(in.attention_mask), move(in.token_type_ids)};
+  ModelInputs out = in;
+  for (Tensor* t : {&out.input_ids, &out.attention_mask, &out.token_type_ids, &out.position_ids}) *t = tokens(*t);
+  for (Tensor* t : {&out.inputs_embeds, &out.pixel_values, &out.decoder_input_ids, &out.decoder_attention_mask,
+                    &out.encoder_hidden_states}) {
+    *t = to_device(*t);
+  }
+  return out;
 }
 
 }  // namespace
 
 ModelOutput AdapterModelImpl::forward(const ModelInputs& raw_inputs, const ForwardOptions& options) {
-  ADAPTERS_CHECK(raw_inputs.input_ids.defined(), "forward: input_ids is required");
   const ModelInputs inputs = prepare_inputs(raw_inputs, base_->parameters().front().device());
-  check_inputs(inputs, config().vocab_size);
   nn::ForwardContext ctx;
   std::optional<Block> override_setup;
   if (options.setup != nullptr) {
@@ -87,7 +88,7 @@ ModelOutput AdapterModelImpl::forward(const ModelInputs& raw_inputs, const Forwa
   } else if (active_) {
     ctx.setup = &*active_;
   }
-  ctx.input_batch_size = inputs.input_ids.size(0);
+  ctx.input_batch_size = base_->batch_size(inputs);
   ctx.pad_token_id = config().pad_token_id;
   ctx.output_gating_scores = options.output_gating_scores;
   ctx.output_fusion_attentions = options.output_fusion_attentions;
@@ -112,11 +113,19 @@ void AdapterModelImpl::add_adapter(const std::string& name, const methods::Adapt
     delete_adapter(name);
   }
   const auto& method = methods::method_spec(config.method);
+  std::set<std::string> before;
+  for (const auto& item : named_parameters()) before.insert(item.key());
   try {
     method.attach(name, config.values, *base_);
   } catch (...) {
     base_->delete_adapter(name);
     throw;
+  }
+  // The adapter owns exactly the parameters its method attached.
+  std::vector<std::string>& owned = owned_parameters_[name];
+  owned.clear();
+  for (const auto& item : named_parameters()) {
+    if (!before.count(item.key())) owned.push_back(item.key());
   }
   adapters_.emplace_back(name, config);
   // New modules follow the model's mode, device and dtype.
@@ -144,6 +153,7 @@ void AdapterModelImpl::delete_adapter(const std::string& name) {
     if (fuse.contains(name)) delete_adapter_fusion(fusion);
   }
   base_->delete_adapter(name);
+  owned_parameters_.erase(name);
   adapters_.erase(std::find_if(adapters_.begin(), adapters_.end(), [&](const auto& a) { return a.first == name; }));
   if (active_ && active_->contains(name)) active_.reset();
 }
@@ -217,18 +227,17 @@ io::TensorMap AdapterModelImpl::parameters_where(const std::function<bool(const 
 }
 
 std::vector<std::string> AdapterModelImpl::adapter_parameter_names(const std::string& name) const {
-  std::vector<std::string> keys;
-  for (const auto& [key, t] : parameters_where([&](const std::string& k) { return formats::key_belongs_to_adapter(k, name); })) {
-    keys.push_back(key);
-  }
-  return keys;
+  auto it = owned_parameters_.find(name);
+  return it == owned_parameters_.end() ? std::vector<std::string>() : it->second;
 }
 
 std::int64_t AdapterModelImpl::base_parameter_count() const {
+  std::set<std::string> owned;
+  for (const auto& [name, keys] : owned_parameters_) owned.insert(keys.begin(), keys.end());
   std::int64_t count = 0;
   for (const auto& item : named_parameters()) {
-    bool is_adapter = item.key().rfind(formats::kHeadsPrefix, 0) == 0 || formats::is_fusion_key(item.key());
-    for (const auto& a : adapters_) is_adapter = is_adapter || formats::key_belongs_to_adapter(item.key(), a.first);
+    const bool is_adapter = item.key().rfind(formats::kHeadsPrefix, 0) == 0 || formats::is_fusion_key(item.key()) ||
+                            owned.count(item.key()) > 0;
     if (!is_adapter) count += item.value().numel();
   }
   return count;
@@ -276,12 +285,132 @@ std::string AdapterModelImpl::adapter_summary() const {
 
 io::TensorMap AdapterModelImpl::adapter_state_dict(const std::string& name) const {
   ADAPTERS_CHECK(has_adapter(name), "no adapter named '", name, "' (known: ", join(adapter_names()), ")");
-  return parameters_where([&](const std::string& key) { return formats::key_belongs_to_adapter(key, name); });
+  const std::vector<std::string> keys = adapter_parameter_names(name);
+  const std::set<std::string> owned(keys.begin(), keys.end());
+  return parameters_where([&](const std::string& key) { return owned.count(key) > 0; });
 }
 
 void AdapterModelImpl::load_adapter_state_dict(const std::string& name, const io::TensorMap& tensors,
                                                const std::string& source) {
   io::copy_checked(adapter_state_dict(name), tensors, source, "adapter '" + name + "'");
+}
+
+// ---- merging, averaging, ejection: dispatched on the method's capabilities -----------------
+
+void AdapterModelImpl::merge_adapter(const std::string& name) {
+  const methods::AdapterConfig& config = adapter_config(name);
+  if (!methods::method_spec(config.method).capabilities.mergeable) {
+    throw Error(str("merge_adapter: adapter '", name, "' is a ", config.method,
+                    " adapter, which cannot be merged into the weights (only the LoRA family can: lora, ia3, "
+                    "vera, dora)"));
+  }
+  std::vector<nn::AdaptedLinearImpl*> sites;
+  for (nn::AdaptedLinearImpl* site : base_->sites().linear) {
+    nn::LinearDelta* delta = site->adapter(name);
+    if (delta == nullptr) continue;
+    // Check every layer before changing any, so that a refusal leaves the model as it was.
+    const std::string blocker = delta->merge_blocker();
+    ADAPTERS_CHECK(blocker.empty(), "merge_adapter: adapter '", name, "' cannot be merged: ", blocker);
+    sites.push_back(site);
+  }
+  ADAPTERS_CHECK(!sites.empty(), "merge_adapter: adapter '", name, "' has no module in this model (leave_out and ",
+                 "the placement options leave no layer)");
+  for (nn::AdaptedLinearImpl* site : sites) site->merge_adapter(name);
+}
+
+void AdapterModelImpl::reset_adapter() {
+  for (nn::AdaptedLinearImpl* site : base_->sites().linear) site->reset_merged();
+}
+
+std::vector<std::string> AdapterModelImpl::merged_adapters() const {
+  std::vector<std::string> names;
+  for (const nn::AdaptedLinearImpl* site : base_->sites().linear) {
+    for (const auto& m : site->merged()) {
+      if (std::find(names.begin(), names.end(), m) == names.end()) names.push_back(m);
+    }
+  }
+  return names;
+}
+
+namespace {
+
+std::vector<double> checked_weights(std::vector<double> weights, std::size_t count, bool normalize,
+                                    const std::string& name) {
+  if (weights.empty()) weights.assign(count, 1.0 / static_cast<double>(count));
+  ADAPTERS_CHECK(weights.size() == count, "average_adapter '", name, "': ", count, " adapters but ", weights.size(),
+                 " weights");
+  if (normalize) {
+    double sum = 0.0;
+    for (double w : weights) sum += w;
+    ADAPTERS_CHECK(std::abs(sum) > 1e-12, "average_adapter '", name,
+                   "': the weights sum to 0 and cannot be normalised (pass normalize_weights=false)");
+    for (double& w : weights) w /= sum;
+  }
+  return weights;
+}
+
+}  // namespace
+
+void AdapterModelImpl::average_adapter(const std::string& name, const std::vector<std::string>& sources,
+                                       std::vector<double> weights, const std::string& combine_strategy,
+                                       bool normalize_weights, std::int64_t svd_rank) {
+  ADAPTERS_CHECK(!sources.empty(), "average_adapter '", name, "': no adapters to average");
+  ADAPTERS_CHECK(!has_adapter(name), "average_adapter: an adapter named '", name, "' already exists");
+  const methods::AdapterConfig config = adapter_config(sources.front());
+  for (const auto& s : sources) {
+    ADAPTERS_CHECK(adapter_config(s) == config, "average_adapter '", name, "': cannot average adapters with different "
+                   "configs ('", sources.front(), "' is ", config.values.dump(), ", '", s, "' is ", adapter_config(s).values.dump(), ")");
+  }
+  weights = checked_weights(std::move(weights), sources.size(), normalize_weights, name);
+  const methods::MethodSpec& method = methods::method_spec(config.method);
+  if (method.average) {
+    // Methods with strategies of their own (the LoRA family: methods/lora.h).
+    const methods::AveragedAdapter averaged = method.average(*this, name, sources, weights, combine_strategy, svd_rank);
+    add_adapter(name, methods::AdapterConfig{config.method, averaged.config});
+    try {
+      load_adapter_state_dict(name, averaged.tensors, "average_adapter '" + name + "'");
+    } catch (...) {
+      delete_adapter(name);
+      throw;
+    }
+    return;
+  }
+  ADAPTERS_CHECK(combine_strategy == "linear", "average_adapter '", name, "': unknown combine_strategy '",
+                 combine_strategy, "' for ", config.method, " adapters (expected \"linear\")");
+
+  add_adapter(name, config);
+  try {
+    torch::NoGradGuard no_grad;
+    io::TensorMap target = adapter_state_dict(name);
+    for (auto& [key, param] : target) {
+      param.zero_();
+      for (std::size_t i = 0; i < sources.size(); ++i) {
+        const std::string source_key = formats::rename_adapter(key, name, sources[i]);
+        param.add_(named_parameters()[source_key], weights[i]);
+      }
+    }
+  } catch (...) {
+    delete_adapter(name);
+    throw;
+  }
+}
+
+void AdapterModelImpl::eject_prefix_tuning(const std::string& name) {
+  ADAPTERS_CHECK(has_adapter(name), "eject_prefix_tuning: no adapter named '", name, "'");
+  methods::AdapterConfig& config = std::find_if(adapters_.begin(), adapters_.end(), [&](const auto& a) { return a.first == name; })->second;
+  const methods::MethodSpec& method = methods::method_spec(config.method);
+  ADAPTERS_CHECK(method.eject != nullptr, "eject_prefix_tuning: adapter '", name, "' is a ", config.method,
+                 " adapter, expected a prefix_tuning adapter");
+  std::set<std::string> before;
+  for (const auto& item : named_parameters()) before.insert(item.key());
+  config.values = method.eject(name, config.values, *base_);
+  // Ejection replaces modules: the adapter owns what it kept and what the ejection created.
+  std::vector<std::string>& owned = owned_parameters_[name];
+  const std::set<std::string> kept(owned.begin(), owned.end());
+  owned.clear();
+  for (const auto& item : named_parameters()) {
+    if (kept.count(item.key()) || !before.count(item.key())) owned.push_back(item.key());
+  }
 }
 
 // ---- HF model folders -----------------------------------------------------------------------
@@ -297,7 +426,6 @@ fs::path find_model_weights(const fs::path& dir) {
                                 "pytorch_model.bin, pytorch_model.bin.index.json)"));
 }
 
-bool is_pooler_key(const std::string& key) { return key.find(".pooler.") != std::string::npos; }
 
 }  // namespace
 
@@ -309,6 +437,9 @@ AdapterModel load_pretrained(const fs::path& dir, const std::string& static_head
   const io::TensorMap checkpoint = io::read_checkpoint(weights);
   const std::string prefix = model->arch().base_prefix;
 
+  const models::ArchSpec& arch = model->arch();
+  const std::string pooler = arch.pooler.empty() ? std::string() : prefix + "." + arch.pooler + ".";
+  auto is_pooler_key = [&](const std::string& key) { return !pooler.empty() && key.rfind(pooler, 0) == 0; };
   auto params = model->named_parameters();
   auto buffers = model->named_buffers();
   std::set<std::string> loaded;
@@ -323,9 +454,10 @@ AdapterModel load_pretrained(const fs::path& dir, const std::string& static_head
       skipped.push_back(key);
       continue;
     }
-    ADAPTERS_CHECK(tensor.sizes() == target->sizes(), weights.string(), ": tensor '", key, "' has shape ", tensor.sizes(),
+    const Tensor value = arch.load_transform ? arch.load_transform(name.substr(prefix.size() + 1), tensor) : tensor;
+    ADAPTERS_CHECK(value.sizes() == target->sizes(), weights.string(), ": tensor '", key, "' has shape ", value.sizes(),
                    ", the ", config.model_type, " model expects ", target->sizes(), " for '", name, "'");
-    target->copy_(tensor);
+    target->copy_(value);
     loaded.insert(name);
   }
   std::vector<std::string> missing, missing_pooler;

@@ -2,6 +2,11 @@
 // (add_adapter, set_active_adapters, train_adapter, save_adapter, ...). Its module tree is the
 // reference's *AdapterModel: the base model under its HF prefix ("bert", "roberta", ...), so
 // named_parameters() equals the checkpoint keys. With no adapter active it is the plain model.
+//
+// Where the verbs live: model.cpp (adapters: add/delete/activate/train, ownership, merging,
+// averaging, ejection, loading HF folders), model_heads.cpp (heads, fusion, whole setups) and
+// formats/adapterhub.cpp (the AdapterHub folder format). Method-specific work is reached through
+// the method's spec (methods/registry.h: capabilities, average, eject), never by its name.
 #pragma once
 
 #include <torch/nn/module.h>
@@ -110,13 +115,13 @@ class AdapterModelImpl : public torch::nn::Module {
                            bool with_head = true);
 
   // Turns a reparametrised prefix-tuning adapter into a flat one with identical outputs (its
-  // config becomes flat). Implemented in methods/prefix_tuning.cpp.
+  // config becomes flat); the method's spec does the work (MethodSpec::eject).
   void eject_prefix_tuning(const std::string& name);
 
   // Folds a LoRA-family adapter (lora, ia3, vera, dora; not gated) into the base weights, so that
   // the plain model computes what the model with the adapter active computed; the merged adapter
-  // is no longer applied on top. Merging an adapter that is merged already does nothing. Any other
-  // method is an error naming the adapter and its method. Implemented in methods/merge.cpp.
+  // is no longer applied on top. Merging an adapter that is merged already does nothing. A method
+  // whose spec is not mergeable is an error naming the adapter and its method.
   void merge_adapter(const std::string& name);
   // Restores the base weights from before the first merge_adapter, bit for bit.
   void reset_adapter();
@@ -127,7 +132,7 @@ class AdapterModelImpl : public torch::nn::Module {
   // method): the weighted sum of every parameter; the LoRA family also has
   // "lora_linear_only_negate_b" and "lora_delta_w_svd" (with svd_rank). Weights are divided by
   // their sum when normalize_weights (which must then not be zero); negative weights are allowed.
-  // Implemented in methods/average.cpp.
+  // Methods with strategies of their own provide MethodSpec::average.
   void average_adapter(const std::string& name, const std::vector<std::string>& sources,
                        std::vector<double> weights = {}, const std::string& combine_strategy = "linear",
                        bool normalize_weights = true, std::int64_t svd_rank = 0);
@@ -204,6 +209,8 @@ class AdapterModelImpl : public torch::nn::Module {
   const models::ArchSpec* arch_;
   std::shared_ptr<models::BaseModelImpl> base_;
   std::vector<std::pair<std::string, methods::AdapterConfig>> adapters_;  // in order of adding
+  // The parameters each adapter's method attached, recorded when it attached them.
+  std::map<std::string, std::vector<std::string>> owned_parameters_;
   std::optional<Block> active_;
   nn::AdapterDict<heads::PredictionHead> heads_;
   std::optional<Block> active_head_;

@@ -16,12 +16,12 @@ namespace adapters::tokenizer {
 
 namespace {
 
-// A token -> id table with its reverse.
+// A token -> id table with its reverse. Both are sized by the number of tokens, never by the
+// largest id a file writes (an id of 4e9 must not allocate 4e9 slots).
 class Vocabulary {
  public:
   void add(const std::string& token, uint32_t id) {
     ids_.emplace(token, id);
-    if (reverse_.size() <= id) reverse_.resize(id + 1);
     reverse_[id] = token;
   }
   std::optional<uint32_t> find(const std::string& token) const {
@@ -29,13 +29,14 @@ class Vocabulary {
     return it == ids_.end() ? std::nullopt : std::optional<uint32_t>(it->second);
   }
   std::optional<std::string> token(uint32_t id) const {
-    return id < reverse_.size() && ids_.count(reverse_[id]) ? std::optional<std::string>(reverse_[id]) : std::nullopt;
+    const auto it = reverse_.find(id);
+    return it != reverse_.end() && ids_.count(it->second) ? std::optional<std::string>(it->second) : std::nullopt;
   }
   size_t size() const { return ids_.size(); }
 
  private:
   std::unordered_map<std::string, uint32_t> ids_;
-  std::vector<std::string> reverse_;
+  std::unordered_map<uint32_t, std::string> reverse_;
 };
 
 Vocabulary vocabulary_from_object(const json& vocab, const char* where) {

@@ -225,8 +225,9 @@ std::string Block::first() const { return is_adapter() ? name : children.front()
 std::string Block::last() const { return is_adapter() ? name : children.back().last(); }
 
 std::string Block::fusion_name() const {
+  // As the reference: each child contributes its last adapter, so Fuse(Stack(p, q), r) is "q,r".
   std::string out;
-  for (const auto& n : flatten()) out += (out.empty() ? "" : ",") + n;
+  for (const auto& c : children) out += (out.empty() ? "" : ",") + c.last();
   return out;
 }
 

@@ -3,6 +3,8 @@
 
 #include "adapters/models/registry.h"
 
+#include <algorithm>
+
 namespace adapters::formats {
 
 const std::vector<std::string>& adapter_containers() {
@@ -53,9 +55,17 @@ std::string rename_adapter(const std::string& key, const std::string& from, cons
 }
 
 std::string to_base_prefix(const std::string& key, const std::string& prefix, bool* is_base) {
-  // Top-level modules of the base models (what follows the prefix).
-  static const std::vector<std::string> base_roots = {"embeddings.", "encoder.", "pooler.", "transformer.",
-                                                      "prefix_tuning.", "prompt_tuning."};
+  // Top-level modules of the base models (what follows the prefix), from the architecture table,
+  // and the model-level adapter hooks.
+  static const std::vector<std::string> base_roots = [] {
+    std::vector<std::string> roots = {"prefix_tuning.", "prompt_tuning.", "invertible_adapters."};
+    for (const auto& spec : models::architectures()) {
+      for (const auto& root : spec.base_roots) {
+        if (std::find(roots.begin(), roots.end(), root + ".") == roots.end()) roots.push_back(root + ".");
+      }
+    }
+    return roots;
+  }();
   for (const auto& known : models::known_base_prefixes()) {
     if (key.rfind(known + ".", 0) == 0) {
       if (is_base) *is_base = true;

@@ -402,7 +402,7 @@ json complete_config(const std::string& type, const json& options, const models:
     set_default("use_pooler", false);
   } else if (type == "masked_lm" || type == "causal_lm" || type == "seq2seq_lm") {
     set_default("vocab_size", model.vocab_size);
-    set_default("embedding_size", model.hidden_size);
+    set_default("embedding_size", model.embedding_size);
     const bool mlm = type == "masked_lm";
     set_default("layers", mlm ? 2 : 1);
     set_default("activation_function", mlm ? json("gelu") : json(nullptr));

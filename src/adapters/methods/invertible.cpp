@@ -123,7 +123,7 @@ Tensor InvertibleAdaptersHook::before_lm_head(const Tensor& h, nn::ForwardContex
 
 void add_invertible_adapter(const std::string& adapter, const std::string& type, const std::string& non_linearity,
                             double reduction_factor, models::BaseModelImpl& model, const std::string& source) {
-  const std::int64_t channels = model.config().hidden_size;
+  const std::int64_t channels = model.config().embedding_size;  // as the reference (ALBERT: E)
   std::shared_ptr<InvertibleBlock> block;
   if (type == "nice") {
     block = std::make_shared<NiceCouplingBlockImpl>(channels, non_linearity, reduction_factor, source);

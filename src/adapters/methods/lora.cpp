@@ -563,6 +563,15 @@ MethodSpec lora_method() {
   };
   spec.attach = attach;
   spec.key_aliases = [](const json&) { return std::vector<std::pair<std::string, std::string>>{}; };
+  spec.capabilities.mergeable = true;
+  spec.average = [](const AdapterModelImpl& model, const std::string& name, const std::vector<std::string>& sources,
+                    const std::vector<double>& weights, const std::string& strategy, std::int64_t svd_rank) {
+    const std::optional<std::int64_t> rank = svd_rank > 0 ? std::optional<std::int64_t>(svd_rank) : std::nullopt;
+    AveragedAdapter out;
+    out.tensors = average_lora_weights(model, name, sources, weights, strategy, rank);
+    out.config = averaged_lora_config(model.adapter_config(sources.front()).values, strategy, rank);
+    return out;
+  };
   return spec;
 }
 

@@ -1,7 +1,8 @@
 // Prefix tuning: config (presets, validation, JSON round trip), the model-level pool computing
 // every layer's prefix once per forward, the per-layer modules at the attention sites, the
-// aliases the reference writes for the pool, and eject_prefix_tuning.
+// aliases the reference writes for the pool, and the ejection of reparametrised prefixes.
 #include "adapters/methods/prefix_tuning.h"
+#include "adapters/nn/mask.h"
 #include "adapters/nn/residual_site.h"
 
 #include <torch/torch.h>
@@ -71,19 +72,19 @@ bool PrefixTuningConfig::places_at(const std::string& location, std::int64_t lay
 // ---- prefix modules -------------------------------------------------------------------------
 
 PrefixTuningImpl::PrefixTuningImpl(const PrefixTuningConfig& config, std::int64_t n_layers, std::int64_t hidden,
-                                   const std::string& source)
+                                   std::int64_t kv_width, const std::string& source)
     : activation_(nn::resolve_activation(lower(config.non_linearity), source + ": non_linearity")) {
   wte_ = register_module("wte", torch::nn::Embedding(config.prefix_length, hidden));
   auto control_trans = register_module("control_trans", std::make_shared<torch::nn::Module>());
   down_ = control_trans->register_module("0", torch::nn::Linear(hidden, config.bottleneck_size));
-  up_ = control_trans->register_module("2", torch::nn::Linear(config.bottleneck_size, n_layers * 2 * hidden));
+  up_ = control_trans->register_module("2", torch::nn::Linear(config.bottleneck_size, n_layers * 2 * kv_width));
 }
 
 // wte(0..P-1) is wte's weight: (P,C) -> (P, L*2*C)
 Tensor PrefixTuningImpl::states() { return up_(activation_(down_(wte_->weight))); }
 
-FlatPrefixTuningImpl::FlatPrefixTuningImpl(const PrefixTuningConfig& config, std::int64_t n_layers, std::int64_t hidden)
-    : FlatPrefixTuningImpl(torch::randn({config.prefix_length * n_layers * 2 * hidden}), config.prefix_length) {}
+FlatPrefixTuningImpl::FlatPrefixTuningImpl(const PrefixTuningConfig& config, std::int64_t n_layers, std::int64_t kv_width)
+    : FlatPrefixTuningImpl(torch::randn({config.prefix_length * n_layers * 2 * kv_width}), config.prefix_length) {}
 
 FlatPrefixTuningImpl::FlatPrefixTuningImpl(const Tensor& values, std::int64_t prefix_length)
     : prefix_length_(prefix_length) {
@@ -97,14 +98,16 @@ Tensor FlatPrefixTuningImpl::states() { return control_trans_.view({prefix_lengt
 
 PrefixTuningGroupImpl::PrefixTuningGroupImpl(const PrefixTuningConfig& config,
                                              const std::map<std::string, std::int64_t>& layer_counts,
-                                             std::int64_t heads, std::int64_t hidden, const std::string& source)
-    : heads_(heads), hidden_(hidden), prefix_length_(config.prefix_length) {
+                                             std::int64_t kv_heads, std::int64_t head_dim, std::int64_t hidden,
+                                             const std::string& source)
+    : heads_(kv_heads), head_dim_(head_dim), prefix_length_(config.prefix_length) {
+  const std::int64_t kv_width = kv_heads * head_dim;
   for (const auto& [location, n_layers] : layer_counts) {
     std::shared_ptr<PrefixModuleImpl> module;
     if (config.flat) {
-      module = std::make_shared<FlatPrefixTuningImpl>(config, n_layers, hidden);
+      module = std::make_shared<FlatPrefixTuningImpl>(config, n_layers, kv_width);
     } else {
-      module = std::make_shared<PrefixTuningImpl>(config, n_layers, hidden, source);
+      module = std::make_shared<PrefixTuningImpl>(config, n_layers, hidden, kv_width, source);
     }
     locations_[location] = {register_module(location, module), n_layers};
   }
@@ -113,7 +116,7 @@ PrefixTuningGroupImpl::PrefixTuningGroupImpl(const PrefixTuningConfig& config,
 
 std::map<std::string, std::vector<nn::PrefixKV>> PrefixTuningGroupImpl::forward(std::int64_t batch) {
   std::map<std::string, std::vector<nn::PrefixKV>> out;
-  const std::int64_t P = prefix_length_, H = heads_, D = hidden_ / heads_;
+  const std::int64_t P = prefix_length_, H = heads_, D = head_dim_;
   for (const auto& [location, l] : locations_) {
     const std::int64_t L2 = 2 * l.n_layers;
     Tensor kv = l.module->states().view({P, L2, H, D}).permute({1, 2, 0, 3});  // (2L,H,P,D)
@@ -140,10 +143,10 @@ PrefixTuningPoolImpl::PrefixTuningPoolImpl() : groups_(nn::make_adapter_dict<Pre
   register_module("prefix_tunings", groups_);
 }
 
-void PrefixTuningPoolImpl::prepare(const Tensor& input_ids, nn::ForwardContext& ctx) {
+void PrefixTuningPoolImpl::prepare(std::int64_t batch_size, nn::ForwardContext& ctx) {
   if (ctx.setup == nullptr || groups_->empty()) return;
   for (const auto& name : ctx.setup->flatten()) {
-    if (PrefixTuningGroupImpl* g = groups_->find(name)) ctx.prefix_states[name] = g->forward(input_ids.size(0));
+    if (PrefixTuningGroupImpl* g = groups_->find(name)) ctx.prefix_states[name] = g->forward(batch_size);
   }
 }
 
@@ -195,11 +198,8 @@ nn::AttentionState PrefixTuningLayerImpl::apply(const nn::AttentionState& state,
   nn::AttentionState out = state;
   out.key = torch::cat({key, state.key}, 2);
   out.value = torch::cat({value, state.value}, 2);
-  if (state.mask.defined()) {
-    // Prefix positions are always attended: additive 0.  (B,1,Q,P) ++ (B,1,Q,T)
-    Tensor prefix_mask = torch::zeros({state.mask.size(0), 1, state.mask.size(2), key.size(2)}, state.mask.options());
-    out.mask = torch::cat({prefix_mask, state.mask}, -1);
-  }
+  // Prefix positions are always attended: additive 0.  (B,1,Q,P) ++ (B,1,Q,T)
+  out.mask = nn::prepend_mask_columns(state.mask, key.size(2));
   return out;
 }
 
@@ -221,7 +221,8 @@ void attach(const std::string& adapter, const json& values, models::BaseModelImp
                  json(config.leave_out).dump(), ", the model has ", model.sites().attention.size(), " attention sites)");
   auto pool = model.hooks().get_or_create<PrefixTuningPoolImpl>(kPoolName, [] { return std::make_shared<PrefixTuningPoolImpl>(); });
   ADAPTERS_CHECK(pool != nullptr, source, ": the model's '", kPoolName, "' hook is not a prefix-tuning pool");
-  pool->add(adapter, std::make_shared<PrefixTuningGroupImpl>(config, layer_counts, model.config().num_attention_heads,
+  const models::ModelConfig& c = model.config();
+  pool->add(adapter, std::make_shared<PrefixTuningGroupImpl>(config, layer_counts, c.num_key_value_heads, c.head_dim(),
                                                              hidden, source));
 }
 
@@ -239,6 +240,17 @@ std::vector<std::pair<std::string, std::string>> pool_aliases(const json&, const
   return aliases;
 }
 
+// eject_prefix_tuning: every reparametrised prefix becomes a flat one with the same states.
+json eject(const std::string& adapter, const json& config, models::BaseModelImpl& model) {
+  auto pool = model.hooks().find<PrefixTuningPoolImpl>(kPoolName);
+  PrefixTuningGroupImpl* group = pool ? pool->group(adapter) : nullptr;
+  ADAPTERS_CHECK(group != nullptr, "eject_prefix_tuning: adapter '", adapter, "' has no prefix in the model");
+  group->eject();
+  json ejected = config;
+  ejected["flat"] = true;
+  return ejected;
+}
+
 }  // namespace
 
 MethodSpec prefix_tuning_method() {
@@ -252,25 +264,8 @@ MethodSpec prefix_tuning_method() {
   spec.attach = attach;
   spec.key_aliases = [](const json&) { return std::vector<std::pair<std::string, std::string>>(); };
   spec.model_key_aliases = pool_aliases;
+  spec.eject = eject;
   return spec;
 }
 
 }  // namespace adapters::methods
-
-// ---- AdapterModel::eject_prefix_tuning ------------------------------------------------------
-
-namespace adapters {
-
-void AdapterModelImpl::eject_prefix_tuning(const std::string& name) {
-  auto entry = std::find_if(adapters_.begin(), adapters_.end(), [&](const auto& a) { return a.first == name; });
-  ADAPTERS_CHECK(entry != adapters_.end(), "eject_prefix_tuning: no adapter named '", name, "'");
-  ADAPTERS_CHECK(entry->second.method == "prefix_tuning", "eject_prefix_tuning: adapter '", name, "' is a ",
-                 entry->second.method, " adapter, expected a prefix_tuning adapter");
-  auto pool = base_->hooks().find<methods::PrefixTuningPoolImpl>(methods::kPoolName);
-  methods::PrefixTuningGroupImpl* group = pool ? pool->group(name) : nullptr;
-  ADAPTERS_CHECK(group != nullptr, "eject_prefix_tuning: adapter '", name, "' has no prefix in the model");
-  group->eject();
-  entry->second.values["flat"] = true;
-}
-
-}  // namespace adapters

@@ -47,10 +47,12 @@ class PrefixModuleImpl : public torch::nn::Module {
   virtual torch::Tensor states() = 0;
 };
 
-// Reparametrised prefix: wte (P,C), control_trans.0 Linear(C,N), non_linearity, control_trans.2 Linear(N, L*2*C).
+// Reparametrised prefix: wte (P,C), control_trans.0 Linear(C,N), non_linearity, control_trans.2
+// Linear(N, L*2*K) with K = kv_heads*head_dim (= C without grouped-query attention).
 class PrefixTuningImpl : public PrefixModuleImpl {
  public:
-  PrefixTuningImpl(const PrefixTuningConfig& config, std::int64_t n_layers, std::int64_t hidden, const std::string& source);
+  PrefixTuningImpl(const PrefixTuningConfig& config, std::int64_t n_layers, std::int64_t hidden, std::int64_t kv_width,
+                   const std::string& source);
   torch::Tensor states() override;
 
  private:
@@ -59,10 +61,10 @@ class PrefixTuningImpl : public PrefixModuleImpl {
   nn::Activation activation_;
 };
 
-// Flat prefix: control_trans, one parameter of P*L*2*C values.
+// Flat prefix: control_trans, one parameter of P*L*2*K values.
 class FlatPrefixTuningImpl : public PrefixModuleImpl {
  public:
-  FlatPrefixTuningImpl(const PrefixTuningConfig& config, std::int64_t n_layers, std::int64_t hidden);
+  FlatPrefixTuningImpl(const PrefixTuningConfig& config, std::int64_t n_layers, std::int64_t kv_width);
   explicit FlatPrefixTuningImpl(const torch::Tensor& values, std::int64_t prefix_length);
   torch::Tensor states() override;
 
@@ -78,8 +80,9 @@ class PrefixTuningGroupImpl : public torch::nn::Module {
     std::shared_ptr<PrefixModuleImpl> module;
     std::int64_t n_layers = 0;
   };
+  // Prefixes of kv_heads x head_dim per position (the attention's key/value shape).
   PrefixTuningGroupImpl(const PrefixTuningConfig& config, const std::map<std::string, std::int64_t>& layer_counts,
-                        std::int64_t heads, std::int64_t hidden, const std::string& source);
+                        std::int64_t kv_heads, std::int64_t head_dim, std::int64_t hidden, const std::string& source);
 
   // Prefix key/value states for a batch of `batch` rows: location -> one entry per layer.
   std::map<std::string, std::vector<nn::PrefixKV>> forward(std::int64_t batch);
@@ -87,7 +90,7 @@ class PrefixTuningGroupImpl : public torch::nn::Module {
   void eject();
 
  private:
-  std::int64_t heads_, hidden_;
+  std::int64_t heads_, head_dim_;
   std::int64_t prefix_length_;
   torch::nn::Dropout dropout_{nullptr};
   std::map<std::string, Location> locations_;
@@ -97,7 +100,7 @@ class PrefixTuningGroupImpl : public torch::nn::Module {
 class PrefixTuningPoolImpl : public nn::ModelHook {
  public:
   PrefixTuningPoolImpl();
-  void prepare(const torch::Tensor& input_ids, nn::ForwardContext& ctx) override;
+  void prepare(std::int64_t batch_size, nn::ForwardContext& ctx) override;
   void delete_adapter(const std::string& name) override;
 
   void add(const std::string& name, std::shared_ptr<PrefixTuningGroupImpl> group);

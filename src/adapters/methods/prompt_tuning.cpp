@@ -12,18 +12,13 @@ namespace {
 constexpr const char* kLayerName = "prompt_tuning";  // the layer's attribute under the base model
 constexpr double kRandomUniformScale = 0.5;          // the reference's random_uniform_scale
 
-// The model's input word embeddings, (vocab, C): the embedding-named parameter of that shape.
+// The model's input word embeddings, (vocab, E), as the architecture's table names them.
 Tensor word_embeddings(const models::BaseModelImpl& model, const std::string& source) {
   const auto& c = model.config();
-  for (const auto& item : model.named_parameters()) {
-    const Tensor& w = item.value();
-    if (item.key().find("embed") != std::string::npos && w.dim() == 2 && w.size(0) == c.vocab_size &&
-        w.size(1) == c.hidden_size) {
-      return w;
-    }
-  }
+  const Tensor w = model.word_embeddings();
+  if (w.defined() && w.dim() == 2 && w.size(0) == c.vocab_size && w.size(1) == c.embedding_size) return w;
   throw Error(str(source, ": prompt_init=\"from_string\" needs the model's word embeddings (", c.vocab_size, " x ",
-                  c.hidden_size, "), found none"));
+                  c.embedding_size, "), found none"));
 }
 
 // The token ids of prompt_init_text, repeated and cut to prompt_length as the reference does.
@@ -79,7 +74,7 @@ json PromptTuningConfig::to_json() const {
 PromptTuningImpl::PromptTuningImpl(const PromptTuningConfig& config, const models::BaseModelImpl& model,
                                    const std::string& source)
     : after_bos_(config.combine == "prefix_after_bos") {
-  const std::int64_t hidden = model.config().hidden_size;
+  const std::int64_t hidden = model.config().embedding_size;  // prompts join the embeddings (E wide on ALBERT, ELECTRA)
   prompt_embedding_ = register_module("prompt_embedding", torch::nn::Embedding(config.prompt_length, hidden));
   torch::NoGradGuard no_grad;
   if (config.prompt_init == "from_string") {

@@ -7,7 +7,12 @@
 #include <vector>
 
 #include "adapters/core/json.h"
+#include "adapters/io/tensors.h"
 #include "adapters/models/base_model.h"
+
+namespace adapters {
+class AdapterModelImpl;
+}
 
 namespace adapters::methods {
 
@@ -15,6 +20,21 @@ struct Preset {
   std::string name;  // "seq_bn", "pfeiffer", ...
   json overrides;    // options that differ from the method's defaults
 };
+
+// What the model's verbs may do with a method's adapters.
+struct MethodCapabilities {
+  bool mergeable = false;  // merge_adapter folds it into the adapted linear layers' weights
+};
+
+// A method's own average_adapter strategies (beyond "linear", the weighted sum of every parameter).
+struct AveragedAdapter {
+  json config;            // the new adapter's config
+  io::TensorMap tensors;  // its parameters, keyed as the new adapter's
+};
+using AverageFn = std::function<AveragedAdapter(const AdapterModelImpl& model, const std::string& name,
+                                                const std::vector<std::string>& sources,
+                                                const std::vector<double>& weights, const std::string& strategy,
+                                                std::int64_t svd_rank)>;
 
 struct MethodSpec {
   std::string name;          // registry key: "bottleneck"
@@ -31,6 +51,12 @@ struct MethodSpec {
   // as the prefix-tuning pool), same form as key_aliases.
   std::function<std::vector<std::pair<std::string, std::string>>(const json& config, const models::BaseModelImpl& model)>
       model_key_aliases;
+  MethodCapabilities capabilities;
+  // Optional: averaging with the method's own strategies (null: only "linear").
+  AverageFn average;
+  // Optional: turns the adapter into its ejected form with identical outputs, returning the new
+  // config (prefix tuning: reparametrised -> flat). Null: the method has nothing to eject.
+  std::function<json(const std::string& adapter, const json& config, models::BaseModelImpl& model)> eject;
 };
 
 const std::vector<MethodSpec>& methods();

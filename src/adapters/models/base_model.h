@@ -1,61 +1,109 @@
 // What every architecture provides: a base model (the HF *Model, e.g. BertModel) whose module tree
-// mirrors HF's attribute names, a forward pass taking a ForwardContext, and the list of its hook
-// sites. Methods find their places through HookSites; a model knows nothing about any method.
+// mirrors HF's attribute names. The base model owns the forward skeleton
+//     check inputs -> model hooks' prepare -> embed -> embedding hook -> attention mask
+//       -> for each layer: layer, then the layer-output hook -> finish (final norm, pooler)
+// and finds its hook sites (adapted linear layers, residual sites, attention sites) by walking its
+// own module tree, so an architecture only builds modules and fills in embed/layer/finish. Methods
+// find their places through sites(); a model knows nothing about any method.
 #pragma once
 
 #include <torch/nn/module.h>
 
+#include <map>
 #include <vector>
 
 #include "adapters/models/config.h"
 #include "adapters/nn/adapted_linear.h"
+#include "adapters/nn/attention.h"
 #include "adapters/nn/attention_site.h"
 #include "adapters/nn/context.h"
+#include "adapters/nn/mask.h"
 #include "adapters/nn/model_hooks.h"
 #include "adapters/nn/residual_site.h"
 
 namespace adapters::models {
 
+// The inputs of every architecture; each uses the ones it needs and rejects what it cannot take.
 struct ModelInputs {
-  torch::Tensor input_ids;       // (B,T) int64
-  torch::Tensor attention_mask;  // (B,T) 1 = attend, 0 = padding; undefined = all ones
-  torch::Tensor token_type_ids;  // (B,T) or undefined
+  torch::Tensor input_ids{};               // (B,T) int64
+  torch::Tensor attention_mask{};          // (B,T) 1 = attend, 0 = padding; undefined = all ones
+  torch::Tensor token_type_ids{};          // (B,T) or undefined
+  torch::Tensor position_ids{};            // (B,T) or undefined (the architecture's default positions)
+  torch::Tensor inputs_embeds{};           // (B,T,C) instead of input_ids
+  torch::Tensor pixel_values{};            // (B,3,H,W) vision models
+  torch::Tensor decoder_input_ids{};       // (B,Td) encoder-decoder models
+  torch::Tensor decoder_attention_mask{};  // (B,Td)
+  torch::Tensor encoder_hidden_states{};   // (B,Ts,C) precomputed encoder output
+  nn::KVCache* cache = nullptr;            // caller-owned key/value cache, grown by the call
 };
 
 struct BaseModelOutput {
-  torch::Tensor last_hidden_state;  // (B,T,C)
-  torch::Tensor pooler_output;      // (B,C), undefined for models without a pooler
+  torch::Tensor last_hidden_state{};          // (B,T,C)
+  torch::Tensor pooler_output{};              // (B,C), undefined for models without a pooler
+  torch::Tensor encoder_last_hidden_state{};  // encoder-decoder models
+  nn::KVCache* cache = nullptr;               // the cache the call grew, when one was given
 };
 
-// Every hook site of a model, in layer order.
+// Every hook site of a model, in module-tree order (which is layer order).
 struct HookSites {
   std::vector<nn::ResidualSite*> residual;
   std::vector<nn::AdaptedLinearImpl*> linear;
   std::vector<nn::AttentionSite*> attention;
 };
 
+// What the layers of one forward pass share.
+struct LayerArgs {
+  torch::Tensor attention_mask;  // (B,T) 1/0 after the embedding hook (prompt tokens included), or undefined
+  torch::Tensor mask;            // additive (B|1,1,Tq|1,Tk), or undefined
+  torch::Tensor position_ids;    // (B,T) or undefined
+  nn::KVCache* cache = nullptr;
+  // Per-forward state of an architecture (relative positions, a shared bias), by name.
+  std::map<std::string, torch::Tensor> extras;
+};
+
 class BaseModelImpl : public torch::nn::Module {
  public:
   explicit BaseModelImpl(ModelConfig config) : config_(std::move(config)), hooks_(*this) {}
 
-  virtual BaseModelOutput forward(const ModelInputs& inputs, nn::ForwardContext& ctx) = 0;
+  // The skeleton; architectures fill in the virtual steps below.
+  BaseModelOutput forward(const ModelInputs& inputs, nn::ForwardContext& ctx);
 
   const ModelConfig& config() const { return config_; }
-  const HookSites& sites() const { return sites_; }
+  // The hook sites, found from the module tree after construction.
+  const HookSites& sites() const;
   // Model-level hooks (prefix pool, prompt tuning, invertible adapters, ReFT).
   nn::ModelHooks& hooks() { return hooks_; }
 
   // Removes the adapter from every hook site and model-level hook.
   void delete_adapter(const std::string& name);
 
+  // The input embedding matrix (V,E) named by the architecture's table; undefined when it has none.
+  torch::Tensor word_embeddings() const;
+
+  // Rows of the batch these inputs describe.
+  virtual std::int64_t batch_size(const ModelInputs& inputs) const;
+
  protected:
+  // Throws a clear error for inputs this architecture cannot take (default: text inputs).
+  virtual void check_inputs(const ModelInputs& inputs) const;
+  // The embeddings (B,T,C); may set args.attention_mask / position_ids / extras.
+  virtual torch::Tensor embed(const ModelInputs& inputs, LayerArgs& args, nn::ForwardContext& ctx) = 0;
+  // The additive attention mask the layers use (default: padding only, (B,1,1,T)).
+  virtual torch::Tensor attention_mask(const torch::Tensor& h, const LayerArgs& args) const;
+  virtual std::int64_t num_layers() const = 0;
+  virtual torch::Tensor layer(std::int64_t i, const torch::Tensor& h, LayerArgs& args, nn::ForwardContext& ctx) = 0;
+  // After the last layer: final norm, pooler (default: the hidden states as they are, no pooler).
+  virtual BaseModelOutput finish(const torch::Tensor& h, const LayerArgs& args, nn::ForwardContext& ctx);
+
   ModelConfig config_;
-  HookSites sites_;  // filled by the architecture's constructor
   nn::ModelHooks hooks_;
+
+ private:
+  mutable HookSites sites_;
+  mutable bool sites_found_ = false;
 };
 
-// The additive attention mask of HF: (B,T) 1/0 -> (B,1,1,T) with 0 where attended and the dtype's
-// lowest value where masked.
-torch::Tensor extended_attention_mask(const torch::Tensor& attention_mask, torch::ScalarType dtype);
+// Walks `module`'s tree and lists every adapted linear layer, residual site and attention site.
+HookSites find_hook_sites(const torch::nn::Module& module);
 
 }  // namespace adapters::models

@@ -1,29 +1,28 @@
-// BERT-family encoder: embeddings, post-norm Transformer layers with residual sites after the
-// attention output and the feed-forward output, and the tanh pooler over the first token.
-#include "adapters/models/bert.h"
-
+// BERT-family encoders: BERT, RoBERTa, XLM-RoBERTa and the ELECTRA discriminator. Embeddings
+// (ELECTRA: of embedding_size, projected by embeddings_project), post-norm layers with residual
+// sites after the attention output and the feed-forward output, and the tanh pooler over the
+// first token (not in ELECTRA).
 #include <torch/torch.h>
 
-#include <cmath>
-
-#include "adapters/nn/activation.h"
+#include "adapters/models/architectures.h"
+#include "adapters/models/blocks.h"
 #include "adapters/nn/module_dict.h"
 
 namespace adapters::models {
 namespace {
 
-using nn::AdaptedLinear;
+using blocks::Intermediate;
+using blocks::layer_norm;
+using blocks::ResidualOutput;
 using nn::ForwardContext;
 using torch::Tensor;
 
-torch::nn::LayerNorm layer_norm(const ModelConfig& c) {
-  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps));
-}
-
 struct BertEmbeddingsImpl : torch::nn::Module {
-  BertEmbeddingsImpl(const ModelConfig& c, bool roberta_positions) : roberta_positions(roberta_positions) {
-    auto word = torch::nn::EmbeddingOptions(c.vocab_size, c.hidden_size);
-    auto position = torch::nn::EmbeddingOptions(c.max_position_embeddings, c.hidden_size);
+  BertEmbeddingsImpl(const ModelConfig& c, bool roberta_positions)
+      : roberta_positions(roberta_positions), pad_token_id(c.pad_token_id) {
+    const auto E = c.embedding_size;
+    auto word = torch::nn::EmbeddingOptions(c.vocab_size, E);
+    auto position = torch::nn::EmbeddingOptions(c.max_position_embeddings, E);
     if (roberta_positions) {
       word.padding_idx(c.pad_token_id);
       position.padding_idx(c.pad_token_id);
@@ -31,26 +30,29 @@ struct BertEmbeddingsImpl : torch::nn::Module {
     word_embeddings = register_module("word_embeddings", torch::nn::Embedding(word));
     position_embeddings = register_module("position_embeddings", torch::nn::Embedding(position));
     token_type_embeddings = register_module("token_type_embeddings",
-                                            torch::nn::Embedding(std::max<std::int64_t>(c.type_vocab_size, 1), c.hidden_size));
-    LayerNorm = register_module("LayerNorm", layer_norm(c));
+                                            torch::nn::Embedding(std::max<std::int64_t>(c.type_vocab_size, 1), E));
+    LayerNorm = register_module("LayerNorm", layer_norm(E, c.layer_norm_eps));
     dropout = register_module("dropout", torch::nn::Dropout(c.hidden_dropout_prob));
     position_ids = register_buffer("position_ids", torch::arange(c.max_position_embeddings).unsqueeze(0));
-    pad_token_id = c.pad_token_id;
   }
 
-  // (B,T) -> (B,T)
-  Tensor positions(const Tensor& input_ids) const {
-    const auto T = input_ids.size(1);
-    if (!roberta_positions) return torch::arange(T, input_ids.options()).unsqueeze(0).expand_as(input_ids);
-    Tensor mask = input_ids.ne(pad_token_id).to(torch::kLong);
+  // (B,T) -> (B,T): BERT counts from 0, RoBERTa from pad_token_id + 1 over real tokens.
+  Tensor positions(const ModelInputs& in, std::int64_t T, const torch::TensorOptions& options) const {
+    if (in.position_ids.defined()) return in.position_ids;
+    if (!roberta_positions || !in.input_ids.defined()) {
+      const std::int64_t start = roberta_positions ? pad_token_id + 1 : 0;
+      return torch::arange(start, start + T, options).unsqueeze(0);
+    }
+    Tensor mask = in.input_ids.ne(pad_token_id).to(torch::kLong);
     return torch::cumsum(mask, 1) * mask + pad_token_id;
   }
 
-  // (B,T) -> (B,T,C)
-  Tensor forward(const Tensor& input_ids, Tensor token_type_ids) {
-    if (!token_type_ids.defined()) token_type_ids = torch::zeros_like(input_ids);
-    Tensor h = word_embeddings(input_ids) + token_type_embeddings(token_type_ids) +
-               position_embeddings(positions(input_ids));
+  // (B,T) ids or (B,T,E) embeddings -> (B,T,E)
+  Tensor forward(const ModelInputs& in) {
+    Tensor h = in.inputs_embeds.defined() ? in.inputs_embeds : word_embeddings(in.input_ids);
+    const auto ids = torch::TensorOptions().dtype(torch::kLong).device(h.device());
+    Tensor token_types = in.token_type_ids.defined() ? in.token_type_ids : torch::zeros({h.size(0), h.size(1)}, ids);
+    h = h + token_type_embeddings(token_types) + position_embeddings(positions(in, h.size(1), ids));
     return dropout(LayerNorm(h));
   }
 
@@ -65,103 +67,44 @@ struct BertEmbeddingsImpl : torch::nn::Module {
 };
 TORCH_MODULE(BertEmbeddings);
 
-struct BertSelfAttentionImpl : torch::nn::Module {
-  BertSelfAttentionImpl(const ModelConfig& c, std::int64_t layer)
-      : heads(c.num_attention_heads), head_dim(c.head_dim()), prefix(layer, nn::attention_location::kSelf) {
-    query = register_module("query", AdaptedLinear(c.hidden_size, c.hidden_size, true, layer, nn::role::kQuery));
-    key = register_module("key", AdaptedLinear(c.hidden_size, c.hidden_size, true, layer, nn::role::kKey));
-    value = register_module("value", AdaptedLinear(c.hidden_size, c.hidden_size, true, layer, nn::role::kValue));
-    dropout = register_module("dropout", torch::nn::Dropout(c.attention_probs_dropout_prob));
-    prefix.register_in(*this);
-  }
-
-  // (B,T,C) -> (B,H,T,D)
-  Tensor split_heads(const Tensor& x) const {
-    return x.view({x.size(0), x.size(1), heads, head_dim}).permute({0, 2, 1, 3});
-  }
-
-  // x (B,T,C), mask (B,1,1,T) additive -> (B,T,C)
-  Tensor forward(const Tensor& x, const Tensor& mask, ForwardContext& ctx) {
-    nn::AttentionState s = prefix.forward({split_heads(query->forward(x, ctx)), split_heads(key->forward(x, ctx)),
-                                           split_heads(value->forward(x, ctx)), mask, x},
-                                          ctx);
-    Tensor scores = torch::matmul(s.query, s.key.transpose(-1, -2)) / std::sqrt(static_cast<double>(head_dim));
-    if (s.mask.defined()) scores = scores + s.mask;
-    Tensor probs = dropout(torch::softmax(scores, -1));
-    Tensor context = torch::matmul(probs, s.value).permute({0, 2, 1, 3}).contiguous();  // (B,T,H,D)
-    return context.view({context.size(0), context.size(1), heads * head_dim});
-  }
-
-  std::int64_t heads, head_dim;
-  AdaptedLinear query{nullptr}, key{nullptr}, value{nullptr};
-  torch::nn::Dropout dropout{nullptr};
-  nn::AttentionSite prefix;
-};
-TORCH_MODULE(BertSelfAttention);
-
-// Dense + dropout, then the residual site (residual + LayerNorm, or the active adapters).
-struct BertResidualOutputImpl : torch::nn::Module {
-  BertResidualOutputImpl(const ModelConfig& c, std::int64_t in_features, std::int64_t layer, const char* role,
-                         const char* location)
-      : site(layer, location) {
-    dense = register_module("dense", AdaptedLinear(in_features, c.hidden_size, true, layer, role));
-    LayerNorm = register_module("LayerNorm", layer_norm(c));
-    dropout = register_module("dropout", torch::nn::Dropout(c.hidden_dropout_prob));
-    site.register_in(*this);
-  }
-
-  Tensor forward(const Tensor& h, const Tensor& input, ForwardContext& ctx) {
-    Tensor out = dropout(dense->forward(h, ctx));
-    return site.forward(out, input, [this](const Tensor& t) { return LayerNorm(t); }, ctx);
-  }
-
-  AdaptedLinear dense{nullptr};
-  torch::nn::LayerNorm LayerNorm{nullptr};
-  torch::nn::Dropout dropout{nullptr};
-  nn::ResidualSite site;
-};
-TORCH_MODULE(BertResidualOutput);
+nn::AttentionOptions self_attention(const ModelConfig& c, std::int64_t layer) {
+  nn::AttentionOptions o;
+  o.hidden = c.hidden_size;
+  o.heads = c.num_attention_heads;
+  o.layer = layer;
+  o.dropout = c.attention_probs_dropout_prob;
+  return o;  // query / key / value, no output projection (it is attention.output.dense)
+}
 
 struct BertAttentionImpl : torch::nn::Module {
   BertAttentionImpl(const ModelConfig& c, std::int64_t layer) {
-    self = register_module("self", BertSelfAttention(c, layer));
-    output = register_module("output", BertResidualOutput(c, c.hidden_size, layer, nn::role::kAttentionOut,
+    self = register_module("self", nn::Attention(self_attention(c, layer)));
+    output = register_module("output", ResidualOutput(c, c.hidden_size, layer, nn::role::kAttentionOut,
                                                           nn::location::kAttention));
   }
-  Tensor forward(const Tensor& x, const Tensor& mask, ForwardContext& ctx) {
-    return output->forward(self->forward(x, mask, ctx), x, ctx);
+  // (B,T,C) -> (B,T,C)
+  Tensor forward(const Tensor& x, const LayerArgs& args, ForwardContext& ctx) {
+    return output->forward(self->forward({x, args.mask}, ctx), x, ctx);
   }
-  BertSelfAttention self{nullptr};
-  BertResidualOutput output{nullptr};
+  nn::Attention self{nullptr};
+  ResidualOutput output{nullptr};
 };
 TORCH_MODULE(BertAttention);
-
-struct BertIntermediateImpl : torch::nn::Module {
-  BertIntermediateImpl(const ModelConfig& c, std::int64_t layer)
-      : act(nn::resolve_activation(c.hidden_act, "config.json: hidden_act")) {
-    dense = register_module("dense", AdaptedLinear(c.hidden_size, c.intermediate_size, true, layer,
-                                                   nn::role::kIntermediate));
-  }
-  Tensor forward(const Tensor& x, ForwardContext& ctx) { return act(dense->forward(x, ctx)); }
-  nn::Activation act;
-  AdaptedLinear dense{nullptr};
-};
-TORCH_MODULE(BertIntermediate);
 
 struct BertLayerImpl : torch::nn::Module {
   BertLayerImpl(const ModelConfig& c, std::int64_t layer) {
     attention = register_module("attention", BertAttention(c, layer));
-    intermediate = register_module("intermediate", BertIntermediate(c, layer));
-    output = register_module("output", BertResidualOutput(c, c.intermediate_size, layer, nn::role::kOutput,
+    intermediate = register_module("intermediate", Intermediate(c, layer));
+    output = register_module("output", ResidualOutput(c, c.intermediate_size, layer, nn::role::kOutput,
                                                            nn::location::kOutput));
   }
-  Tensor forward(const Tensor& x, const Tensor& mask, ForwardContext& ctx) {
-    Tensor a = attention->forward(x, mask, ctx);
+  Tensor forward(const Tensor& x, const LayerArgs& args, ForwardContext& ctx) {
+    Tensor a = attention->forward(x, args, ctx);
     return output->forward(intermediate->forward(a, ctx), a, ctx);
   }
   BertAttention attention{nullptr};
-  BertIntermediate intermediate{nullptr};
-  BertResidualOutput output{nullptr};
+  Intermediate intermediate{nullptr};
+  ResidualOutput output{nullptr};
 };
 TORCH_MODULE(BertLayer);
 
@@ -183,45 +126,87 @@ struct BertPoolerImpl : torch::nn::Module {
 };
 TORCH_MODULE(BertPooler);
 
+enum class Family { Bert, Roberta, Electra };
+
 class BertModelImpl : public BaseModelImpl {
  public:
-  BertModelImpl(const ModelConfig& c, bool roberta_positions) : BaseModelImpl(c) {
-    embeddings = register_module("embeddings", BertEmbeddings(c, roberta_positions));
-    encoder = register_module("encoder", BertEncoder(c));
-    pooler = register_module("pooler", BertPooler(c));
-    for (auto& l : encoder->layers) {
-      sites_.attention.push_back(&l->attention->self->prefix);
-      sites_.residual.push_back(&l->attention->output->site);
-      sites_.residual.push_back(&l->output->site);
-      for (auto* lin : {l->attention->self->query.get(), l->attention->self->key.get(),
-                        l->attention->self->value.get(), l->attention->output->dense.get(),
-                        l->intermediate->dense.get(), l->output->dense.get()}) {
-        sites_.linear.push_back(lin);
-      }
+  BertModelImpl(const ModelConfig& c, Family family) : BaseModelImpl(c) {
+    embeddings = register_module("embeddings", BertEmbeddings(c, family == Family::Roberta));
+    if (family == Family::Electra && c.embedding_size != c.hidden_size) {
+      embeddings_project = register_module("embeddings_project", torch::nn::Linear(c.embedding_size, c.hidden_size));
     }
+    encoder = register_module("encoder", BertEncoder(c));
+    if (family != Family::Electra) pooler = register_module("pooler", BertPooler(c));
   }
 
-  BaseModelOutput forward(const ModelInputs& in, ForwardContext& ctx) override {
-    hooks_.prepare(in.input_ids, ctx);
-    Tensor attention_mask = in.attention_mask;
-    Tensor h = hooks_.embeddings(embeddings->forward(in.input_ids, in.token_type_ids), attention_mask, ctx);  // (B,T,C)
-    Tensor mask = attention_mask.defined() ? extended_attention_mask(attention_mask, h.scalar_type()) : Tensor();
-    for (std::size_t i = 0; i < encoder->layers.size(); ++i) {
-      h = hooks_.layer_output(static_cast<std::int64_t>(i), encoder->layers[i]->forward(h, mask, ctx), ctx);
-    }
-    return {h, pooler->forward(h)};
+ protected:
+  // (B,T,E): the embedding hook (prompt tuning, invertible adapters) acts in embedding space, as
+  // on ALBERT; ELECTRA projects to (B,T,C) when the first layer starts.
+  Tensor embed(const ModelInputs& in, LayerArgs&, ForwardContext&) override { return embeddings->forward(in); }
+  std::int64_t num_layers() const override { return static_cast<std::int64_t>(encoder->layers.size()); }
+  Tensor layer(std::int64_t i, const Tensor& h, LayerArgs& args, ForwardContext& ctx) override {
+    const Tensor x = i == 0 && embeddings_project ? embeddings_project(h) : h;  // (B,T,C)
+    return encoder->layers[static_cast<std::size_t>(i)]->forward(x, args, ctx);
+  }
+  BaseModelOutput finish(const Tensor& h, const LayerArgs&, ForwardContext&) override {
+    return {h, pooler ? pooler->forward(h) : Tensor()};
   }
 
  private:
   BertEmbeddings embeddings{nullptr};
+  torch::nn::Linear embeddings_project{nullptr};
   BertEncoder encoder{nullptr};
   BertPooler pooler{nullptr};
 };
 
+ArchSpec bert_family_arch(std::string model_type, std::string prefix, std::string model_class, Family family) {
+  ArchSpec spec;
+  spec.model_type = std::move(model_type);
+  spec.base_prefix = std::move(prefix);
+  spec.model_class = std::move(model_class);
+  spec.create = [family](const ModelConfig& c) { return std::make_shared<BertModelImpl>(c, family); };
+  spec.base_roots = {"embeddings", "embeddings_project", "encoder", "pooler"};
+  spec.word_embeddings = "embeddings.word_embeddings.weight";
+  spec.pooler = family == Family::Electra ? "" : "pooler";
+  spec.static_heads = bert_static_heads();
+  spec.module_roles = bert_module_roles();
+  return spec;
+}
+
+// RoBERTa's and ELECTRA's classification heads: dropout, dense, activation, dropout, out_proj on
+// the first token; RoBERTa's LM head is lm_head.{dense,layer_norm,decoder}.
+std::vector<StaticHeadSpec> with_classifier(std::vector<StaticHeadSpec> heads, const char* activation) {
+  for (auto& h : heads) {
+    if (h.class_suffix != "ForSequenceClassification") continue;
+    h.config = {{"layers", 2}, {"activation_function", activation}, {"use_pooler", false}};
+    h.layers = {"", "classifier.dense", "", "", "classifier.out_proj"};
+  }
+  return heads;
+}
+
+ArchSpec roberta_like(std::string model_type, std::string model_class) {
+  ArchSpec spec = bert_family_arch(std::move(model_type), "roberta", std::move(model_class), Family::Roberta);
+  spec.static_heads = with_classifier(spec.static_heads, "tanh");
+  for (auto& h : spec.static_heads) {
+    if (h.class_suffix == "ForMaskedLM") h.layers = {"lm_head.dense", "", "lm_head.layer_norm", "lm_head.decoder"};
+  }
+  return spec;
+}
+
 }  // namespace
 
-std::shared_ptr<BaseModelImpl> make_bert(const ModelConfig& config, bool roberta_positions) {
-  return std::make_shared<BertModelImpl>(config, roberta_positions);
+ArchSpec bert_arch() { return bert_family_arch("bert", "bert", "BertAdapterModel", Family::Bert); }
+ArchSpec roberta_arch() { return roberta_like("roberta", "RobertaAdapterModel"); }
+ArchSpec xlm_roberta_arch() { return roberta_like("xlm-roberta", "XLMRobertaAdapterModel"); }
+
+ArchSpec electra_arch() {
+  ArchSpec spec = bert_family_arch("electra", "electra", "ElectraAdapterModel", Family::Electra);
+  std::vector<StaticHeadSpec> heads;
+  for (auto& h : with_classifier(spec.static_heads, "gelu")) {
+    if (h.class_suffix != "ForMaskedLM") heads.push_back(h);  // ELECTRA's generator head is another model
+  }
+  spec.static_heads = heads;
+  return spec;
 }
 
 }  // namespace adapters::models

@@ -1,23 +1,27 @@
-// The architecture registry and the helpers every architecture shares.
+// The architecture registry: one explicit line per supported model_type, and the table lookups.
 #include "adapters/models/registry.h"
 
 #include <torch/torch.h>
 
 #include "adapters/core/error.h"
-#include "adapters/models/bert.h"
-#include "adapters/models/distilbert.h"
+#include "adapters/models/architectures.h"
+#include "adapters/nn/adapted_linear.h"
 
 namespace adapters::models {
 
 const std::vector<ArchSpec>& architectures() {
-  // clang-format off
   static const std::vector<ArchSpec> specs = {
-    {"bert",        "bert",       "BertAdapterModel",       [](const ModelConfig& c) { return make_bert(c, false); }},
-    {"roberta",     "roberta",    "RobertaAdapterModel",    [](const ModelConfig& c) { return make_bert(c, true); }},
-    {"xlm-roberta", "roberta",    "XLMRobertaAdapterModel", [](const ModelConfig& c) { return make_bert(c, true); }},
-    {"distilbert",  "distilbert", "DistilBertAdapterModel", [](const ModelConfig& c) { return make_distilbert(c); }},
+      bert_arch(),
+      roberta_arch(),
+      xlm_roberta_arch(),
+      electra_arch(),
+      distilbert_arch(),
+      vit_arch(),
+      beit_arch(),
+      albert_arch(),
+      deberta_arch(),
+      deberta_v2_arch(),
   };
-  // clang-format on
   return specs;
 }
 
@@ -38,20 +42,36 @@ std::vector<std::string> known_base_prefixes() {
   return prefixes;
 }
 
-void BaseModelImpl::delete_adapter(const std::string& name) {
-  for (auto* site : sites_.residual) site->delete_adapter(name);
-  for (auto* site : sites_.attention) site->delete_adapter(name);
-  for (auto* linear : sites_.linear) linear->delete_adapter(name);
-  hooks_.delete_adapter(name);
+const StaticHeadSpec* find_static_head(const ArchSpec& spec, const std::string& hf_class) {
+  for (const auto& head : spec.static_heads) {
+    const auto& suffix = head.class_suffix;
+    if (hf_class.size() >= suffix.size() && hf_class.compare(hf_class.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      return &head;
+    }
+  }
+  return nullptr;
 }
 
-torch::Tensor extended_attention_mask(const torch::Tensor& attention_mask, torch::ScalarType dtype) {
-  const double lowest = dtype == torch::kFloat64 ? std::numeric_limits<double>::lowest()
-                        : dtype == torch::kFloat16 ? -65504.0
-                        : dtype == torch::kBFloat16 ? -3.3895313892515355e38
-                                                    : static_cast<double>(std::numeric_limits<float>::lowest());
-  torch::Tensor m = attention_mask.unsqueeze(1).unsqueeze(2).to(dtype);  // (B,1,1,T)
-  return (1.0 - m) * lowest;
+std::vector<StaticHeadSpec> bert_static_heads() {
+  const json lm = {{"layers", 2}, {"activation_function", "hidden_act"}, {"layer_norm", true}, {"bias", true}};
+  return {
+      {"ForSequenceClassification", "classification",
+       {{"layers", 1}, {"activation_function", nullptr}, {"use_pooler", true}}, {"", "classifier"}},
+      {"ForTokenClassification", "tagging", {{"layers", 1}, {"activation_function", nullptr}}, {"", "classifier"}},
+      {"ForQuestionAnswering", "question_answering",
+       {{"layers", 1}, {"activation_function", nullptr}, {"num_labels", 2}}, {"", "qa_outputs"}},
+      {"ForMaskedLM", "masked_lm", lm,
+       {"cls.predictions.transform.dense", "", "cls.predictions.transform.LayerNorm", "cls.predictions.decoder"}},
+  };
+}
+
+std::map<std::string, std::string> bert_module_roles() {
+  return {{"query", nn::role::kQuery},
+          {"key", nn::role::kKey},
+          {"value", nn::role::kValue},
+          {"attention.output.dense", nn::role::kAttentionOut},
+          {"intermediate.dense", nn::role::kIntermediate},
+          {"output.dense", nn::role::kOutput}};
 }
 
 }  // namespace adapters::models

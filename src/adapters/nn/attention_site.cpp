@@ -80,8 +80,9 @@ AttentionSite::AttentionSite(std::int64_t layer, std::string location, bool inve
     : layer_(layer),
       location_(std::move(location)),
       invert_mask_(invert_mask),
-      module_(std::make_shared<torch::nn::Module>()),
+      module_(std::make_shared<AttentionSiteModule>()),
       adapters_(make_adapter_dict<AttentionAdapter>()) {
+  module_->site = this;
   module_->register_module("prefix_gates", adapters_);
 }
 

@@ -45,6 +45,15 @@ class AttentionAdapter : public torch::nn::Module {
                                ForwardContext& ctx) = 0;
 };
 
+class AttentionSite;
+
+// The module an attention site registers as "prefix_tuning"; it knows its site, so that a model
+// finds its attention sites by walking its module tree.
+class AttentionSiteModule : public torch::nn::Module {
+ public:
+  AttentionSite* site = nullptr;
+};
+
 class AttentionSite {
  public:
   // `invert_mask`: the reference's flag for how its model passes the mask to the prefix hook.
@@ -52,6 +61,8 @@ class AttentionSite {
   // +1.0, as the reference does (the padded positions are attended, not masked); false
   // (DistilBERT) masks them.
   AttentionSite(std::int64_t layer, std::string location, bool invert_mask = true);
+  AttentionSite(const AttentionSite&) = delete;  // its module points back at it
+  AttentionSite& operator=(const AttentionSite&) = delete;
 
   // Registers this site's module in `owner` as "prefix_tuning" (the reference's attribute), its
   // adapters below it as "prefix_gates".
@@ -69,6 +80,7 @@ class AttentionSite {
   const std::string& location() const { return location_; }
   // The module registered as "prefix_tuning" (to find this site's path in the module tree).
   const torch::nn::Module* module() const { return module_.get(); }
+  bool invert_mask() const { return invert_mask_; }
 
  private:
   bool holds_any(const composition::Block& setup) const;
@@ -77,7 +89,7 @@ class AttentionSite {
   std::int64_t layer_;
   std::string location_;
   bool invert_mask_;
-  std::shared_ptr<torch::nn::Module> module_;
+  std::shared_ptr<AttentionSiteModule> module_;
   AdapterDict<AttentionAdapter> adapters_;
 };
 

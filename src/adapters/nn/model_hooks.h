@@ -1,5 +1,5 @@
 // Hook points 4 and 5, and the model-level containers. A model calls, once per forward:
-//     hooks.prepare(inputs, ctx)                 before anything (e.g. the prefix pool computes
+//     hooks.prepare(batch_size, ctx)             before anything (e.g. the prefix pool computes
 //                                                its key/value states once for every layer)
 //     h = hooks.embeddings(h, attention_mask, ctx)   after the embeddings (prompt tuning prepends
 //                                                soft tokens and extends the (B,T) mask;
@@ -24,7 +24,7 @@ namespace adapters::nn {
 
 class ModelHook : public torch::nn::Module {
  public:
-  virtual void prepare(const torch::Tensor& input_ids, ForwardContext& ctx) {}
+  virtual void prepare(std::int64_t batch_size, ForwardContext& ctx) {}
   virtual torch::Tensor embeddings(const torch::Tensor& h, torch::Tensor& attention_mask, ForwardContext& ctx) {
     return h;
   }
@@ -55,8 +55,8 @@ class ModelHooks {
     return nullptr;
   }
 
-  void prepare(const torch::Tensor& input_ids, ForwardContext& ctx) {
-    for (auto& [n, hook] : hooks_) hook->prepare(input_ids, ctx);
+  void prepare(std::int64_t batch_size, ForwardContext& ctx) {
+    for (auto& [n, hook] : hooks_) hook->prepare(batch_size, ctx);
   }
   torch::Tensor embeddings(torch::Tensor h, torch::Tensor& attention_mask, ForwardContext& ctx) {
     for (auto& [n, hook] : hooks_) h = hook->embeddings(h, attention_mask, ctx);

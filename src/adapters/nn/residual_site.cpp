@@ -135,8 +135,10 @@ class ResidualComposable : public Composable<ResidualState> {
 ResidualSite::ResidualSite(std::int64_t layer, std::string location)
     : layer_(layer),
       location_(std::move(location)),
-      adapters_(make_adapter_dict<ResidualAdapter>()),
-      fusions_(make_adapter_dict<BertFusionImpl>()) {}
+      adapters_(std::make_shared<ResidualAdapterDictImpl>()),
+      fusions_(make_adapter_dict<BertFusionImpl>()) {
+  adapters_->site = this;
+}
 
 void ResidualSite::register_in(torch::nn::Module& owner) {
   owner.register_module("adapters", adapters_);

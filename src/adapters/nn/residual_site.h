@@ -7,6 +7,7 @@
 #pragma once
 
 #include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
 
 #include <memory>
 #include <string>
@@ -48,9 +49,20 @@ class ResidualAdapter : public torch::nn::Module {
                                      const torch::Tensor& input, const Norm& norm) = 0;
 };
 
+class ResidualSite;
+
+// A residual site's "adapters" container; it knows its site, so that a model finds its residual
+// sites by walking its module tree.
+class ResidualAdapterDictImpl : public AdapterDictImpl<ResidualAdapter> {
+ public:
+  ResidualSite* site = nullptr;
+};
+
 class ResidualSite {
  public:
   ResidualSite(std::int64_t layer, std::string location);
+  ResidualSite(const ResidualSite&) = delete;  // its container points back at it
+  ResidualSite& operator=(const ResidualSite&) = delete;
 
   // Registers this site's containers in `owner` under the reference's names ("adapters",
   // "adapter_fusion_layer").
@@ -81,9 +93,22 @@ class ResidualSite {
 
   std::int64_t layer_;
   std::string location_;
-  AdapterDict<ResidualAdapter> adapters_;
+  std::shared_ptr<ResidualAdapterDictImpl> adapters_;
   AdapterDict<BertFusionImpl> fusions_;
 };
+
+// The reference's standalone adapter-layer module ("attention_adapters", "output_adapters"): a
+// module holding one residual site, for architectures whose adapters live in such a module.
+class AdapterLayerImpl : public torch::nn::Module {
+ public:
+  AdapterLayerImpl(std::int64_t layer, const char* location) : site(layer, location) { site.register_in(*this); }
+  // h, residual (B,T,C) -> (B,T,C); an empty norm for pre-norm models
+  torch::Tensor forward(const torch::Tensor& h, const torch::Tensor& residual, const Norm& norm, ForwardContext& ctx) {
+    return site.forward(h, residual, norm, ctx);
+  }
+  ResidualSite site;
+};
+TORCH_MODULE(AdapterLayer);
 
 // Parallel blocks replicate the batch: a tensor whose batch is a divisor of the other's is
 // repeated to match (the reference's adjust_tensors_for_parallel).

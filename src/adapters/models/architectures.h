@@ -1,0 +1,19 @@
+// One function per architecture, each defined in the architecture's own file: its ArchSpec row.
+#pragma once
+
+#include "adapters/models/registry.h"
+
+namespace adapters::models {
+
+ArchSpec bert_arch();
+ArchSpec roberta_arch();
+ArchSpec xlm_roberta_arch();
+ArchSpec electra_arch();
+ArchSpec distilbert_arch();
+ArchSpec vit_arch();
+ArchSpec beit_arch();
+ArchSpec albert_arch();
+ArchSpec deberta_arch();
+ArchSpec deberta_v2_arch();
+
+}  // namespace adapters::models

@@ -1,0 +1,117 @@
+// The base model's forward skeleton, input checks and hook-site discovery.
+#include "adapters/models/base_model.h"
+
+#include <torch/torch.h>
+
+#include "adapters/core/error.h"
+#include "adapters/models/registry.h"
+
+namespace adapters::models {
+
+using torch::Tensor;
+
+HookSites find_hook_sites(const torch::nn::Module& module) {
+  HookSites sites;
+  for (const auto& item : module.named_modules("", /*include_self=*/false)) {
+    torch::nn::Module* m = item.value().get();
+    if (auto* linear = dynamic_cast<nn::AdaptedLinearImpl*>(m)) sites.linear.push_back(linear);
+    if (auto* residual = dynamic_cast<nn::ResidualAdapterDictImpl*>(m)) sites.residual.push_back(residual->site);
+    if (auto* attention = dynamic_cast<nn::AttentionSiteModule*>(m)) sites.attention.push_back(attention->site);
+  }
+  return sites;
+}
+
+const HookSites& BaseModelImpl::sites() const {
+  if (!sites_found_) {
+    sites_ = find_hook_sites(*this);
+    sites_found_ = true;
+  }
+  return sites_;
+}
+
+void BaseModelImpl::delete_adapter(const std::string& name) {
+  for (auto* site : sites().residual) site->delete_adapter(name);
+  for (auto* site : sites().attention) site->delete_adapter(name);
+  for (auto* linear : sites().linear) linear->delete_adapter(name);
+  hooks_.delete_adapter(name);
+}
+
+Tensor BaseModelImpl::word_embeddings() const {
+  const std::string& path = arch_spec(config_.model_type).word_embeddings;
+  if (path.empty()) return Tensor();
+  const Tensor* w = named_parameters().find(path);
+  return w ? *w : Tensor();
+}
+
+std::int64_t BaseModelImpl::batch_size(const ModelInputs& in) const {
+  for (const Tensor* t : {&in.input_ids, &in.inputs_embeds, &in.pixel_values}) {
+    if (t->defined()) return t->size(0);
+  }
+  throw Error(str(config_.model_type, " forward: no input (expected input_ids or inputs_embeds)"));
+}
+
+void BaseModelImpl::check_inputs(const ModelInputs& in) const {
+  const std::string where = config_.model_type + " forward";
+  ADAPTERS_CHECK(!in.pixel_values.defined(), where, ": pixel_values is for vision models; this model reads input_ids");
+  ADAPTERS_CHECK(in.input_ids.defined() != in.inputs_embeds.defined(), where,
+                 ": expected exactly one of input_ids and inputs_embeds");
+  Tensor shape_source = in.input_ids;
+  if (in.input_ids.defined()) {
+    ADAPTERS_CHECK(in.input_ids.dim() == 2, where, ": input_ids must be (B,T), found ", in.input_ids.dim(), " dimensions");
+    ADAPTERS_CHECK(in.input_ids.scalar_type() == torch::kLong, where, ": input_ids must be int64, found ",
+                   in.input_ids.scalar_type());
+    if (in.input_ids.numel() > 0) {
+      const auto lo = in.input_ids.min().item<std::int64_t>();
+      const auto hi = in.input_ids.max().item<std::int64_t>();
+      ADAPTERS_CHECK(lo >= 0 && hi < config_.vocab_size, where, ": input_ids must lie in [0, ", config_.vocab_size,
+                     "), found [", lo, ", ", hi, "]");
+    }
+  } else {
+    ADAPTERS_CHECK(in.inputs_embeds.dim() == 3 && in.inputs_embeds.size(2) == config_.hidden_size, where,
+                   ": inputs_embeds must be (B,T,", config_.hidden_size, "), found ", in.inputs_embeds.sizes());
+    shape_source = in.inputs_embeds.select(2, 0);
+  }
+  const std::int64_t past = in.cache ? in.cache->length() : 0;
+  for (const auto& [what, t] : {std::pair<const char*, const Tensor&>{"token_type_ids", in.token_type_ids},
+                                {"position_ids", in.position_ids}}) {
+    if (!t.defined()) continue;
+    ADAPTERS_CHECK(t.sizes() == shape_source.sizes(), where, ": ", what, " must have the shape of the inputs ",
+                   shape_source.sizes(), ", found ", t.sizes());
+  }
+  if (in.attention_mask.defined()) {
+    ADAPTERS_CHECK(in.attention_mask.dim() == 2 && in.attention_mask.size(0) == shape_source.size(0) &&
+                       in.attention_mask.size(1) == past + shape_source.size(1),
+                   where, ": attention_mask must have the shape of input_ids", past ? " plus the cached tokens" : "",
+                   " (", shape_source.size(0), ", ", past + shape_source.size(1), "), found ", in.attention_mask.sizes());
+  }
+}
+
+Tensor BaseModelImpl::attention_mask(const Tensor& h, const LayerArgs& args) const {
+  nn::MaskSpec spec;
+  spec.padding = args.attention_mask;
+  spec.query_length = h.size(1);
+  spec.key_length = args.attention_mask.defined() ? args.attention_mask.size(1) : h.size(1);
+  return nn::build_attention_mask(spec, h.scalar_type(), h.device());
+}
+
+BaseModelOutput BaseModelImpl::finish(const Tensor& h, const LayerArgs&, nn::ForwardContext&) {
+  return {h, Tensor()};
+}
+
+BaseModelOutput BaseModelImpl::forward(const ModelInputs& in, nn::ForwardContext& ctx) {
+  check_inputs(in);
+  hooks_.prepare(batch_size(in), ctx);
+  LayerArgs args;
+  args.attention_mask = in.attention_mask;
+  args.position_ids = in.position_ids;
+  args.cache = in.cache;
+  Tensor h = embed(in, args, ctx);                                // (B,T,C)
+  h = hooks_.embeddings(std::move(h), args.attention_mask, ctx);  // prompt tokens may lengthen T
+  args.mask = attention_mask(h, args);
+  for (std::int64_t i = 0; i < num_layers(); ++i) h = hooks_.layer_output(i, layer(i, h, args, ctx), ctx);
+  BaseModelOutput out = finish(h, args, ctx);
+  out.cache = in.cache;
+  return out;
+}
+
+}  // namespace adapters::models

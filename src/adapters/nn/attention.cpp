@@ -1,0 +1,136 @@
+// The shared attention module: projections, rotary, cache, prefix site, GQA, score biases.
+#include "adapters/nn/attention.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "adapters/core/error.h"
+#include "adapters/nn/mask.h"
+
+namespace adapters::nn {
+
+using torch::Tensor;
+
+namespace {
+
+// (..., d) -> (..., d): (-x2, x1) of the two halves.
+Tensor rotate_half(const Tensor& x) {
+  const auto half = x.size(-1) / 2;
+  return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+// (..., d) -> (..., d): (-x1, x0, -x3, x2, ...) of the interleaved pairs.
+Tensor rotate_every_two(const Tensor& x) {
+  using torch::indexing::Slice;
+  Tensor even = x.index({"...", Slice(0, torch::indexing::None, 2)});
+  Tensor odd = x.index({"...", Slice(1, torch::indexing::None, 2)});
+  return torch::stack({-odd, even}, -1).flatten(-2);
+}
+
+}  // namespace
+
+Tensor apply_rotary(const Tensor& x, const Tensor& positions, const RotaryOptions& rotary) {
+  if (rotary.layout == RotaryLayout::None) return x;
+  const std::int64_t dim = rotary.dim > 0 ? rotary.dim : x.size(-1);
+  ADAPTERS_CHECK(dim % 2 == 0 && dim <= x.size(-1), "rotary dimension ", dim, " must be even and at most the head size ",
+                 x.size(-1));
+  auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(x.device());
+  Tensor inv_freq = 1.0 / torch::pow(rotary.theta, torch::arange(0, dim, 2, f32) / static_cast<double>(dim));  // (d/2)
+  Tensor freqs = positions.to(torch::kFloat32).unsqueeze(-1) * inv_freq;  // (B,T,d/2)
+  Tensor emb = rotary.layout == RotaryLayout::HalfSplit ? torch::cat({freqs, freqs}, -1)
+                                                        : torch::repeat_interleave(freqs, 2, -1);  // (B,T,d)
+  Tensor cos = emb.cos().unsqueeze(1).to(x.scalar_type()), sin = emb.sin().unsqueeze(1).to(x.scalar_type());  // (B,1,T,d)
+  Tensor rot = x.narrow(-1, 0, dim);
+  Tensor rotated = rot * cos + (rotary.layout == RotaryLayout::HalfSplit ? rotate_half(rot) : rotate_every_two(rot)) * sin;
+  if (dim == x.size(-1)) return rotated;
+  return torch::cat({rotated, x.narrow(-1, dim, x.size(-1) - dim)}, -1);
+}
+
+AttentionImpl::AttentionImpl(AttentionOptions o)
+    : prefix(o.layer, o.prefix_location, o.invert_prefix_mask), options_(std::move(o)) {
+  auto& c = options_;
+  ADAPTERS_CHECK(c.hidden > 0 && c.heads > 0, "attention: hidden and heads must be positive");
+  if (c.kv_heads == 0) c.kv_heads = c.heads;
+  if (c.head_dim == 0) c.head_dim = c.hidden / c.heads;
+  if (c.kv_input == 0) c.kv_input = c.hidden;
+  if (c.out == 0) c.out = c.hidden;
+  ADAPTERS_CHECK(c.heads % c.kv_heads == 0, "attention: num_key_value_heads ", c.kv_heads,
+                 " does not divide num_attention_heads ", c.heads);
+  const std::int64_t q_width = c.heads * c.head_dim, kv_width = c.kv_heads * c.head_dim;
+  if (!c.q.empty()) query = register_module(c.q, AdaptedLinear(c.hidden, q_width, c.qkv_bias, c.layer, role::kQuery));
+  if (!c.k.empty()) key = register_module(c.k, AdaptedLinear(c.kv_input, kv_width, c.qkv_bias && c.k_bias, c.layer, role::kKey));
+  if (!c.v.empty()) value = register_module(c.v, AdaptedLinear(c.kv_input, kv_width, c.qkv_bias, c.layer, role::kValue));
+  if (!c.o.empty()) output = register_module(c.o, AdaptedLinear(q_width, c.out, c.o_bias, c.layer, role::kAttentionOut));
+  dropout = register_module("dropout", torch::nn::Dropout(c.dropout));
+  prefix.register_in(*this);
+}
+
+Tensor AttentionImpl::split_heads(const Tensor& x, std::int64_t heads) const {
+  return x.view({x.size(0), x.size(1), heads, options_.head_dim}).transpose(1, 2);
+}
+
+Tensor AttentionImpl::forward(const AttentionCall& call, ForwardContext& ctx) {
+  ADAPTERS_CHECK(query && key && value, "attention at layer ", options_.layer,
+                 ": this architecture projects q/k/v itself and must call attend()");
+  Tensor q = split_heads(query->forward(call.hidden, ctx), options_.heads);
+  Tensor k, v;
+  if (options_.cross && call.cache != nullptr && call.cache->key.defined()) {
+    k = call.cache->key;  // cross-attention keys/values are computed once per sequence
+    v = call.cache->value;
+  } else {
+    const Tensor& source = options_.cross ? call.kv_states : call.hidden;
+    ADAPTERS_CHECK(source.defined(), "cross-attention at layer ", options_.layer, " needs the encoder states");
+    k = split_heads(key->forward(source, ctx), options_.kv_heads);
+    v = split_heads(value->forward(source, ctx), options_.kv_heads);
+  }
+  Tensor context = attend(std::move(q), std::move(k), std::move(v), call, ctx);
+  return output ? output->forward(context, ctx) : context;
+}
+
+std::pair<Tensor, Tensor> AttentionImpl::through_cache(Tensor k, Tensor v, LayerKV* cache) const {
+  if (cache == nullptr) return {std::move(k), std::move(v)};
+  if (options_.cross) {
+    cache->key = k;
+    cache->value = v;
+    return {std::move(k), std::move(v)};
+  }
+  if (cache->key.defined()) {
+    k = torch::cat({cache->key, k}, 2);
+    v = torch::cat({cache->value, v}, 2);
+  }
+  cache->key = k;
+  cache->value = v;
+  return {std::move(k), std::move(v)};
+}
+
+Tensor AttentionImpl::repeat_kv(const Tensor& t) const {
+  const std::int64_t n = options_.heads / options_.kv_heads;
+  return n == 1 ? t : t.repeat_interleave(n, 1);
+}
+
+Tensor AttentionImpl::attend(Tensor q, Tensor k, Tensor v, const AttentionCall& call, ForwardContext& ctx) {
+  if (options_.rotary.layout != RotaryLayout::None) {
+    ADAPTERS_CHECK(call.position_ids.defined(), "attention at layer ", options_.layer, ": rotary embeddings need position ids");
+    q = apply_rotary(q, call.position_ids, options_.rotary);
+    if (!options_.cross) k = apply_rotary(k, call.position_ids, options_.rotary);
+  }
+  std::tie(k, v) = through_cache(std::move(k), std::move(v), call.cache);
+  AttentionState s = prefix.forward({std::move(q), std::move(k), std::move(v), call.mask, call.hidden}, ctx);
+  Tensor scores = torch::matmul(s.query, repeat_kv(s.key).transpose(-1, -2));  // (B,H,Tq,Tk)
+  if (!options_.scale) {
+    scores = scores / std::sqrt(static_cast<double>(options_.head_dim));
+  } else if (*options_.scale != 1.0) {
+    scores = scores * *options_.scale;
+  }
+  if (call.score_bias) scores = scores + call.score_bias(s);
+  if (s.mask.defined()) scores = scores + s.mask;
+  Tensor probs = torch::softmax(scores, -1);
+  if (options_.zero_masked_rows && s.mask.defined()) {
+    probs = probs.masked_fill(s.mask.lt(0.5 * lowest_value(s.mask.scalar_type())), 0.0);
+  }
+  Tensor context = torch::matmul(dropout(probs), repeat_kv(s.value)).transpose(1, 2).contiguous();  // (B,Tq,H,D)
+  return context.view({context.size(0), context.size(1), options_.heads * options_.head_dim});
+}
+
+}  // namespace adapters::nn
