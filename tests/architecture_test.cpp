@@ -62,8 +62,13 @@ TEST(HookSites, EveryLayerOfEveryArchitectureHasItsSites) {
       SCOPED_TRACE(layer);
       EXPECT_TRUE(found.count("q") && found.count("k") && found.count("v")) << "q/k/v projections";
       EXPECT_TRUE(found.count("intermediate") && found.count("output")) << "feed-forward projections";
-      EXPECT_EQ(residual[layer], (std::set<std::string>{nn::location::kAttention, nn::location::kOutput}));
-      EXPECT_EQ(attention[layer], 1);
+      // Decoder layers of encoder-decoder models also have the cross-attention's sites.
+      const bool cross = model->arch().kind == models::ArchKind::EncoderDecoder &&
+                         layer >= model->config().num_hidden_layers;
+      std::set<std::string> expected = {nn::location::kAttention, nn::location::kOutput};
+      if (cross) expected.insert(nn::location::kCrossAttention);
+      EXPECT_EQ(residual[layer], expected);
+      EXPECT_EQ(attention[layer], cross ? 2 : 1);
     }
     EXPECT_EQ(plain_linear_layers(model->base()), std::vector<std::string>());
   }
@@ -138,7 +143,7 @@ TEST_P(EveryArchitecture, AClassificationHeadTrainsItsAdapter) {
 
 INSTANTIATE_TEST_SUITE_P(Archs, EveryArchitecture,
                          ::testing::Values("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "deberta",
-                                           "deberta-v2", "vit", "beit"),
+                                           "deberta-v2", "vit", "beit", "gpt2", "gptj", "bart", "mbart", "t5"),
                          [](const auto& info) {
                            std::string n = info.param;
                            std::replace(n.begin(), n.end(), '-', '_');
@@ -268,6 +273,27 @@ TEST(Attention, CachedStepsEqualTheFullCausalRecompute) {
   }
   EXPECT_EQ(cache.length(), 6);
   EXPECT_TRUE(torch::allclose(torch::cat(steps, 1), full, 1e-5, 1e-6));
+}
+
+TEST(Attention, AReservedCacheAppendsInPlaceAndReordersRows) {
+  nn::KVCache cache;
+  cache.reserve(8);
+  nn::LayerKV* slot = cache.layer(0);
+  torch::NoGradGuard no_grad;
+  const auto k0 = torch::randn({2, 1, 3, 4}), v0 = torch::randn({2, 1, 3, 4});
+  slot->append(k0, v0);
+  const void* storage = slot->key_buffer.data_ptr();
+  EXPECT_EQ(slot->key_buffer.size(2), 8);
+  const auto k1 = torch::randn({2, 1, 1, 4}), v1 = torch::randn({2, 1, 1, 4});
+  slot->append(k1, v1);
+  EXPECT_EQ(slot->key_buffer.data_ptr(), storage) << "a step within the reserved room must not reallocate";
+  EXPECT_TRUE(torch::equal(slot->key, torch::cat({k0, k1}, 2)));
+  EXPECT_EQ(cache.length(), 4);
+  cache.select_rows(torch::tensor({1, 1, 0}));
+  EXPECT_TRUE(torch::equal(slot->value, torch::cat({v0, v1}, 2).index_select(0, torch::tensor({1, 1, 0}))));
+  for (int i = 0; i < 5; ++i) slot->append(torch::zeros({3, 1, 1, 4}), torch::zeros({3, 1, 1, 4}));  // grows past 8
+  EXPECT_EQ(cache.length(), 9);
+  EXPECT_GE(slot->key_buffer.size(2), 9);
 }
 
 // ---- configs --------------------------------------------------------------------------------

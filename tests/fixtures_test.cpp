@@ -14,7 +14,7 @@ namespace {
 
 // Cases of the architectures this build implements: they must run and match.
 const std::regex& must_pass() {
-  static const std::regex r("^(bert|roberta|xlm-roberta|distilbert|vit|beit|albert|deberta|deberta-v2)__.*$");
+  static const std::regex r("^(bert|roberta|xlm-roberta|distilbert|vit|beit|albert|deberta|deberta-v2|gpt2|gptj|bart|mbart|t5)__.*$");
   return r;
 }
 
@@ -129,6 +129,49 @@ std::vector<Param> params() {
 
 INSTANTIATE_TEST_SUITE_P(AdapterHub, FixtureCase, ::testing::ValuesIn(params()), [](const auto& info) {
   std::string n = info.param.name + (info.param.weights == WeightsPreference::Bin ? "__bin" : "__safetensors");
+  for (auto& ch : n) {
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  }
+  return n;
+});
+
+// ---- generation: the reference's own generate(...) -----------------------------------------
+
+fs::path generation_root() { return fs::path(ADAPTERS_FIXTURES) / "generation"; }
+
+std::vector<std::string> generation_cases() {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(generation_root() / "cases")) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+class GenerationCase : public ::testing::TestWithParam<std::string> {};
+
+// Tokens identical; scores within 1e-4 + 1e-3 |e|, non-finite exactly where the reference's are.
+TEST_P(GenerationCase, GivesTheReferencesTokens) {
+  const fs::path dir = generation_root() / "cases" / GetParam();
+  const json spec = json::parse(io::read_text_file(dir / "case.json"));
+  const fixtures::CaseOutputs got = fixtures::run_case(dir, WeightsPreference::Safetensors);
+  const auto expected = io::read_safetensors(dir / "outputs.safetensors").tensors;
+  const torch::Tensor& sequences = expected.at("sequences");
+  ASSERT_TRUE(got.outputs.count("sequences"));
+  ASSERT_EQ(got.outputs.at("sequences").sizes(), sequences.sizes());
+  EXPECT_TRUE(torch::equal(got.outputs.at("sequences"), sequences.to(torch::kLong)))
+      << "got\n" << got.outputs.at("sequences") << "\nexpected\n" << sequences;
+  if (!spec.at("outputs").contains("scores")) return;
+  ASSERT_TRUE(got.outputs.count("scores"));
+  const torch::Tensor& e = expected.at("scores");
+  const torch::Tensor& a = got.outputs.at("scores");
+  ASSERT_EQ(a.sizes(), e.sizes());
+  const torch::Tensor finite = torch::isfinite(e);
+  EXPECT_TRUE(torch::equal(torch::isfinite(a), finite)) << "banned tokens differ";
+  const torch::Tensor excess = ((a - e).abs() - (1e-4 + 1e-3 * e.abs())).masked_fill(finite.logical_not(), 0.0);
+  EXPECT_LE(excess.max().item<double>(), 0.0) << "scores beyond 1e-4 + 1e-3 |e|";
+}
+
+INSTANTIATE_TEST_SUITE_P(Generation, GenerationCase, ::testing::ValuesIn(generation_cases()), [](const auto& info) {
+  std::string n = info.param;
   for (auto& ch : n) {
     if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
   }

@@ -52,10 +52,13 @@ const std::vector<MethodCase>& method_cases() {
 void PrintTo(const MethodCase& m, std::ostream* os) { *os << m.spec; }
 
 // Combinations refused with a clear error, tested where the refusal is: BEiT's relative position
-// bias has no place for prompt tokens (tests/vision_test.cpp); VeRA and DoRA do not support fused
-// projections yet, and DeBERTa's in_proj is one (tests/architecture_test.cpp).
+// bias has no place for prompt tokens (tests/vision_test.cpp), nor has a generating model's cache
+// (the decoders and encoder-decoders); VeRA and DoRA do not support fused projections yet, and
+// DeBERTa's in_proj and GPT-2's c_attn are ones (tests/architecture_test.cpp).
 bool refused(const std::string& arch, const std::string& spec) {
-  return (arch == "beit" && spec == "prompt_tuning") || (arch == "deberta" && (spec == "vera" || spec == "dora"));
+  const bool generative = arch == "gpt2" || arch == "gptj" || arch == "bart" || arch == "mbart" || arch == "t5";
+  return ((arch == "beit" || generative) && spec == "prompt_tuning") ||
+         ((arch == "deberta" || arch == "gpt2") && (spec == "vera" || spec == "dora"));
 }
 
 using Param = std::tuple<std::string, MethodCase>;
@@ -146,7 +149,8 @@ std::string param_name(const ::testing::TestParamInfo<Param>& info) {
 
 INSTANTIATE_TEST_SUITE_P(All, MethodMatrix,
                          ::testing::Combine(::testing::Values("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert",
-                                                                 "deberta", "deberta-v2", "vit", "beit"),
+                                                                 "deberta", "deberta-v2", "vit", "beit", "gpt2", "gptj",
+                                                                 "bart", "mbart", "t5"),
                                             ::testing::ValuesIn(method_cases())),
                          param_name);
 

@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
       "  adapters train --model assets/tiny-encoder --adapter-config \"lora[r=8]\" --train train.jsonl --output runs/lora\n"
       "  adapters predict --model assets/tiny-encoder --adapter runs/lora/adapter --text \"free pizza\"\n"
       "  adapters fixtures tests/fixtures/adapterhub --out build/fixtures --only '^bert__'\n"
+      "  adapters generate --model assets/tiny-gpt2 --prompt \"the\" --max-new-tokens 20\n"
       "  adapters demo --data build/demo/data --out build/demo");
   adapters::cli::add_fixtures_command(app);
   adapters::cli::add_info_command(app);
@@ -27,6 +28,7 @@ int main(int argc, char** argv) {
 #endif
 #ifdef ADAPTERS_WITH_TOKENIZER
   adapters::tokenizer::add_tokenize_command(app);
+  adapters::cli::add_generate_command(app);
 #endif
   try {
     app.parse(argc, argv);

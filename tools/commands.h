@@ -9,5 +9,7 @@ void add_fixtures_command(CLI::App& app);  // adapters fixtures ROOT --out DIR [
 void add_info_command(CLI::App& app);      // adapters info --model DIR [--adapter DIR]... [--adapter-config SPEC]
 // train, eval, predict, pretrain, demo (train_commands.cpp; built with the training library).
 void add_training_commands(CLI::App& app);
+// adapters generate --model DIR [--adapter DIR]... --prompt TEXT | --jsonl FILE (generate_command.cpp; needs the tokenizer).
+void add_generate_command(CLI::App& app);
 
 }  // namespace adapters::cli

@@ -7,6 +7,7 @@
 #include <regex>
 
 #include "adapters/core/json.h"
+#include "adapters/generate.h"
 
 namespace adapters::fixtures {
 
@@ -48,6 +49,7 @@ bool wants_merged(const json& wanted) {
 io::TensorMap named_outputs(const ModelOutput& out, const std::string& prefix) {
   io::TensorMap produced = {{prefix + "last_hidden_state", out.last_hidden_state}};
   if (out.pooler_output.defined()) produced[prefix + "pooler_output"] = out.pooler_output;
+  if (out.encoder_last_hidden_state.defined()) produced[prefix + "encoder_last_hidden_state"] = out.encoder_last_hidden_state;
   for (const auto& [key, t] : out.head) produced[prefix + key] = t;
   for (std::size_t i = 0; i < out.head_outputs.size(); ++i) {
     for (const auto& [key, t] : out.head_outputs[i]) produced[str(prefix, "head_outputs.", i, ".", key)] = t;
@@ -72,6 +74,8 @@ CaseInputs read_inputs(const fs::path& case_dir) {
   };
   CaseInputs in;
   in.model = {take("input_ids"), take("attention_mask"), take("token_type_ids")};
+  in.model.decoder_input_ids = take("decoder_input_ids");
+  in.model.decoder_attention_mask = take("decoder_attention_mask");
   if (auto it = t.find("pixel_values"); it != t.end()) {  // vision models: float (B,C,H,W), kept as it is
     in.model.pixel_values = it->second;
     t.erase(it);
@@ -138,11 +142,38 @@ io::TensorMap train_step(AdapterModel& model, const JsonReader& c, const CaseInp
   return grads;
 }
 
+// Generation cases: the reference's generate(...) call with exactly the recorded options.
+CaseOutputs generate_case(AdapterModel& model, const JsonReader& c, const CaseInputs& inputs) {
+  const json& setup = c.raw("setup");
+  if (setup.is_string()) model->set_active_adapters(setup.get<std::string>());
+  if (c.has("head_setup") && c.raw("head_setup").is_string()) model->set_active_head(c.get_string("head_setup"));
+  const generation::GenerationConfig config =
+      generation::parse_generation_config(c.raw("generate"), c.source() + ": generate");
+  const generation::GenerateOutput out = generate(*model, inputs.model.input_ids, inputs.model.attention_mask, config);
+  CaseOutputs result;
+  const json& wanted = c.raw("outputs");
+  auto put = [&](const char* name, const torch::Tensor& t) {
+    if (wanted.contains(name)) {
+      ADAPTERS_CHECK(t.defined(), c.source(), ": generate produced no '", name, "'");
+      result.outputs[name] = t.detach().contiguous();
+    }
+  };
+  put("sequences", out.sequences.to(torch::kLong));
+  put("scores", out.scores.defined() ? out.scores.to(torch::kFloat32) : torch::Tensor());
+  put("sequences_scores", out.sequences_scores.defined() ? out.sequences_scores.to(torch::kFloat32) : torch::Tensor());
+  return result;
+}
+
 }  // namespace
 
 CaseOutputs run_case(const fs::path& case_dir, WeightsPreference weights) {
   const json spec = read_case(case_dir);
   JsonReader c(spec, (case_dir / "case.json").string());
+  if (c.has("generate")) {
+    AdapterModel model = load_pretrained(case_dir / c.get_string("model_dir"));
+    load_case_parts(model, case_dir, c, weights);
+    return generate_case(model, c, read_inputs(case_dir));
+  }
   const json& wanted = c.raw("outputs");
   const std::string mode = c.get_string("mode", "eval");
   ADAPTERS_CHECK(mode == "eval" || mode == "train", c.source(), ": unknown mode '", mode, "' (expected eval or train)");

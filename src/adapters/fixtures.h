@@ -1,6 +1,8 @@
 // The golden-fixture runner behind `adapters fixtures ROOT --out DIR`: runs every case folder
 // ROOT/cases/<case> as its case.json says and writes DIR/<case>/outputs.safetensors (and
-// grads.safetensors for training cases) plus DIR/report.json with a status per case.
+// grads.safetensors for training cases) plus DIR/report.json with a status per case. A case with
+// a "generate" key runs the reference's generate call instead of a forward pass and writes
+// `sequences` (int64), `scores` (greedy cases) and `sequences_scores` (beam cases).
 #pragma once
 
 #include <filesystem>

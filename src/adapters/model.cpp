@@ -2,6 +2,8 @@
 // HF model folders. The AdapterHub folder format lives in formats/adapterhub.cpp.
 #include "adapters/model.h"
 
+#include "adapters/models/seq2seq.h"
+
 #include <torch/torch.h>
 
 #include <iomanip>
@@ -77,6 +79,20 @@ ModelInputs prepare_inputs(const ModelInputs& in, const torch::Device& device) {
 
 }  // namespace
 
+// Encoder-decoder models without decoder inputs: T5 derives them from the labels (shifted right),
+// BART from input_ids (in the base model), as the reference does.
+ModelInputs AdapterModelImpl::with_decoder_inputs(const ModelInputs& inputs, const ForwardOptions& options) const {
+  if (arch_->kind != models::ArchKind::EncoderDecoder || inputs.decoder_input_ids.defined() || !arch_->decoder_inputs_from_labels) {
+    return inputs;
+  }
+  auto labels = options.head_inputs.find("labels");
+  if (labels == options.head_inputs.end() || labels->second.dim() != 2) return inputs;
+  ModelInputs out = inputs;
+  out.decoder_input_ids = dynamic_cast<const models::EncoderDecoderModelImpl&>(*base_).shift_right(
+      labels->second.to(inputs.input_ids.defined() ? inputs.input_ids.device() : labels->second.device()));
+  return out;
+}
+
 ModelOutput AdapterModelImpl::forward(const ModelInputs& raw_inputs, const ForwardOptions& options) {
   const ModelInputs inputs = prepare_inputs(raw_inputs, base_->parameters().front().device());
   nn::ForwardContext ctx;
@@ -89,13 +105,21 @@ ModelOutput AdapterModelImpl::forward(const ModelInputs& raw_inputs, const Forwa
     ctx.setup = &*active_;
   }
   ctx.input_batch_size = base_->batch_size(inputs);
+  if (options.inputs_replicated_for_parallel && ctx.setup != nullptr) {
+    const std::int64_t channels = composition::parallel_channels(*ctx.setup);
+    ADAPTERS_CHECK(ctx.input_batch_size % channels == 0, "forward: inputs replicated for ", channels,
+                   " Parallel branches must have a multiple of ", channels, " rows, found ", ctx.input_batch_size);
+    ctx.input_batch_size /= channels;
+    ctx.adapters_parallelized = channels > 1;
+  }
   ctx.pad_token_id = config().pad_token_id;
   ctx.output_gating_scores = options.output_gating_scores;
   ctx.output_fusion_attentions = options.output_fusion_attentions;
-  models::BaseModelOutput base = base_->forward(inputs, ctx);
+  models::BaseModelOutput base = base_->forward(with_decoder_inputs(inputs, options), ctx);
   ModelOutput out;
   out.last_hidden_state = base.last_hidden_state;
   out.pooler_output = base.pooler_output;
+  out.encoder_last_hidden_state = base.encoder_last_hidden_state;
   if (!options.skip_heads) run_heads(base, inputs, options, ctx, out);
   out.gating_scores = std::move(ctx.gating_scores);
   out.fusion_attentions = std::move(ctx.fusion_attentions);
@@ -113,6 +137,10 @@ void AdapterModelImpl::add_adapter(const std::string& name, const methods::Adapt
     delete_adapter(name);
   }
   const auto& method = methods::method_spec(config.method);
+  if (auto refused = arch_->unsupported_methods.find(config.method); refused != arch_->unsupported_methods.end()) {
+    throw NotSupported(str("add_adapter '", name, "': ", config.method, " is not supported on ", arch_->model_type, ": ",
+                           refused->second));
+  }
   std::set<std::string> before;
   for (const auto& item : named_parameters()) before.insert(item.key());
   try {
@@ -445,9 +473,17 @@ AdapterModel load_pretrained(const fs::path& dir, const std::string& static_head
   std::set<std::string> loaded;
   std::vector<std::string> skipped;
   torch::NoGradGuard no_grad;
+  std::set<std::string> checkpoint_names;
+  for (const auto& item : checkpoint) checkpoint_names.insert(formats::to_base_prefix(item.first, prefix, nullptr));
   for (const auto& [key, tensor] : checkpoint) {
     bool is_base = false;
-    const std::string name = formats::to_base_prefix(key, prefix, &is_base);
+    std::string name = formats::to_base_prefix(key, prefix, &is_base);
+    if (auto tied = arch.tied_keys.find(name.substr(std::min(name.size(), prefix.size() + 1)));
+        is_base && tied != arch.tied_keys.end()) {
+      const std::string canonical = prefix + "." + tied->second;
+      if (checkpoint_names.count(canonical)) continue;  // the tied weight itself is in the checkpoint
+      name = canonical;
+    }
     Tensor* target = params.find(name);
     if (target == nullptr) target = buffers.find(name);
     if (!is_base || target == nullptr) {
@@ -468,7 +504,7 @@ AdapterModel load_pretrained(const fs::path& dir, const std::string& static_head
   ADAPTERS_CHECK(missing.empty(), weights.string(), ": missing weights for ", join(missing),
                  " (is this a ", config.model_type, " checkpoint?)");
   if (!missing_pooler.empty()) log::warn(str(weights.string(), ": no pooler weights (", join(missing_pooler), "); the pooler keeps its random initialisation"));
-  if (!skipped.empty()) {
+  {
     const std::set<std::string> used = detail::convert_static_head(*model, checkpoint, static_head_name, weights.string());
     skipped.erase(std::remove_if(skipped.begin(), skipped.end(), [&](const auto& k) { return used.count(k) > 0; }),
                   skipped.end());

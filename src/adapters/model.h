@@ -39,6 +39,7 @@ using HeadTensors = std::map<std::string, torch::Tensor>;
 struct ModelOutput {
   torch::Tensor last_hidden_state;  // (B,T,C); (n*B,T,C) under Parallel
   torch::Tensor pooler_output;      // (B,C) or undefined
+  torch::Tensor encoder_last_hidden_state;  // encoder-decoder models: (B,Ts,C)
   // The head's outputs ("logits", "start_logits", ...) when one head ran; with several heads
   // (Parallel, BatchSplit) head_outputs[i] holds head i's outputs on its share of the batch.
   HeadTensors head;
@@ -55,6 +56,9 @@ struct ForwardOptions {
   // Heads: `head` runs that head; otherwise the active head setup runs (none: no head).
   std::string head;
   bool skip_heads = false;
+  // The inputs hold every Parallel branch's copy of the batch already (generation replicates once,
+  // up front): no site replicates again, and branch i owns rows [i*B, (i+1)*B).
+  bool inputs_replicated_for_parallel = false;
   // Targets and extra head inputs by the reference's names: "labels", "start_positions",
   // "end_positions", "labels_arcs", "labels_rels", "word_starts".
   HeadTensors head_inputs;
@@ -199,6 +203,7 @@ class AdapterModelImpl : public torch::nn::Module {
   // The parameters whose names satisfy `selects`, by name.
   io::TensorMap parameters_where(const std::function<bool(const std::string&)>& selects) const;
   void check_setup(const Block& setup) const;
+  ModelInputs with_decoder_inputs(const ModelInputs& inputs, const ForwardOptions& options) const;
   // The head setup the reference derives from an adapter setup (its last adapter, or one head
   // per branch of a final Parallel / BatchSplit), when those heads exist.
   std::optional<Block> heads_from_setup(const Block& setup) const;

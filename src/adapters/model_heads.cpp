@@ -24,7 +24,7 @@ std::string join_names(const std::vector<std::string>& names) {
 // Rows [begin, end) of every tensor of a head input set.
 heads::HeadInputs slice_rows(const heads::HeadInputs& in, std::int64_t begin, std::int64_t end) {
   auto rows = [&](const Tensor& t) { return t.defined() ? t.slice(0, begin, end) : t; };
-  heads::HeadInputs out{rows(in.hidden), rows(in.pooled), rows(in.attention_mask), {}, in.before_lm_head};
+  heads::HeadInputs out{rows(in.hidden), rows(in.pooled), rows(in.summary), rows(in.attention_mask), {}, in.before_lm_head};
   for (const auto& [k, t] : in.extra) out.extra[k] = rows(t);
   return out;
 }
@@ -125,7 +125,8 @@ void AdapterModelImpl::run_heads(const models::BaseModelOutput& base, const Mode
   }
   if (!setup) return;
 
-  heads::HeadInputs in{base.last_hidden_state, base.pooler_output, inputs.attention_mask, {}, {}};
+  const Tensor& hidden = base.head_input.defined() ? base.head_input : base.last_hidden_state;
+  heads::HeadInputs in{hidden, base.pooler_output, base.sequence_summary, inputs.attention_mask, {}, {}};
   for (const auto& [key, t] : options.head_inputs) {
     Tensor moved = t.to(base.last_hidden_state.device());
     // Multiple-choice style inputs (B,N,T) were flattened to (B*N,T): so are their extras.
@@ -335,14 +336,16 @@ std::set<std::string> convert_static_head(AdapterModelImpl& model, const io::Ten
       used.insert(key);
     }
   }
-  if (used.empty()) return {};
+  // An LM head whose decoder is the input embeddings may have no tensor of its own in the checkpoint.
+  const bool lm = spec->head_type == "masked_lm" || spec->head_type == "causal_lm" || spec->head_type == "seq2seq_lm";
+  if (used.empty() && !(lm && model.config().tie_word_embeddings)) return {};
   model.add_head(head_name, spec->head_type, options, /*overwrite_ok=*/true);
   torch::NoGradGuard no_grad;
   for (auto& [key, param] : model.head_state_dict(head_name)) {
     auto it = weights.find(key);
     if (it == weights.end()) {
       // A tied LM decoder may be absent from the checkpoint: it is the input embeddings already.
-      ADAPTERS_CHECK(key.find(".weight") != std::string::npos && spec->head_type == "masked_lm", source,
+      ADAPTERS_CHECK(key.find(".weight") != std::string::npos && lm, source,
                      ": the ", architecture, " head lacks the weight for '", key, "'");
       continue;
     }

@@ -233,7 +233,8 @@ std::string AdapterModelImpl::load_adapter(const fs::path& dir, const std::strin
 
 std::map<std::string, std::string> AdapterModelImpl::reference_parameter_names() const {
   // A module registered under several paths (the prefix-tuning pool, shared by every layer) is
-  // named by PyTorch after its first path in module order: the alias of the lowest layer.
+  // named by PyTorch after its first path in module order: the first alias (aliases come in the
+  // order of the attention sites, which is module order).
   std::map<std::string, std::string> names;
   for (const auto& name : adapter_names()) {
     for (const auto& [alias, canonical] : key_aliases(adapter_config(name), base())) {
@@ -241,8 +242,7 @@ std::map<std::string, std::string> AdapterModelImpl::reference_parameter_names()
         const std::size_t at = key.find(canonical);
         if (at == std::string::npos) continue;
         const std::string aliased = key.substr(0, at) + alias + key.substr(at + canonical.size());
-        auto it = names.find(key);
-        if (it == names.end() || aliased < it->second) names[key] = aliased;
+        names.emplace(key, aliased);
       }
     }
   }

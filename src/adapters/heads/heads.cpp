@@ -79,6 +79,7 @@ class MlpHead : public PredictionHead {
     return x;
   }
   Tensor cls(const HeadInputs& in) const {
+    if (in.summary.defined()) return in.summary;
     if (opt_bool(config_, "use_pooler", false)) {
       ADAPTERS_CHECK(in.pooled.defined(), "head '", type(), "': use_pooler is set but the model has no pooler");
       return in.pooled;

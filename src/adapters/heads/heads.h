@@ -22,6 +22,9 @@ namespace adapters::heads {
 struct HeadInputs {
   torch::Tensor hidden;          // (B,T,C) the last hidden state
   torch::Tensor pooled;          // (B,C) the pooler output, or undefined
+  // (B,C) the architecture's sequence representation (GPT-2: last real token, BART: last EOS);
+  // when defined, sequence-level heads read it instead of the pooler or the first token.
+  torch::Tensor summary;
   torch::Tensor attention_mask;  // (B,T) 1/0, or undefined
   // Targets and extra inputs by the reference's argument names: "labels", "start_positions",
   // "end_positions", "labels_arcs", "labels_rels", "word_starts".

@@ -459,7 +459,7 @@ class DoraDeltaImpl : public FamilyDelta {
     init_matrix(lora_A, c.init_weights, true);
     init_matrix(lora_B, c.init_weights, false);
     torch::NoGradGuard no_grad;
-    const Tensor norm = adapted_norm(site.weight.detach().to(torch::kCPU, torch::kFloat), lora_A, lora_B);
+    const Tensor norm = adapted_norm(site.weight_out_in().detach().to(torch::kCPU, torch::kFloat), lora_A, lora_B);
     lora_magnitude_vector = register_parameter("lora_magnitude_vector", norm.clone());
   }
 

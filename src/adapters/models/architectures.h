@@ -15,5 +15,11 @@ ArchSpec beit_arch();
 ArchSpec albert_arch();
 ArchSpec deberta_arch();
 ArchSpec deberta_v2_arch();
+ArchSpec gpt2_arch();
+ArchSpec gptj_arch();
+ArchSpec bart_arch();
+ArchSpec mbart_arch();
+ArchSpec t5_arch();
+ArchSpec mt5_arch();
 
 }  // namespace adapters::models

@@ -98,18 +98,47 @@ BaseModelOutput BaseModelImpl::finish(const Tensor& h, const LayerArgs&, nn::For
   return {h, Tensor()};
 }
 
-BaseModelOutput BaseModelImpl::forward(const ModelInputs& in, nn::ForwardContext& ctx) {
-  check_inputs(in);
-  hooks_.prepare(batch_size(in), ctx);
+Tensor BaseModelImpl::causal_mask(const Tensor& h, const LayerArgs& args, bool add_padding_to_causal) {
+  nn::MaskSpec spec;
+  spec.padding = args.attention_mask;
+  spec.query_length = h.size(1);
+  spec.past_length = args.past_length;
+  spec.key_length = args.past_length + h.size(1);
+  spec.causal = true;
+  spec.add_padding_to_causal = add_padding_to_causal;
+  return nn::build_attention_mask(spec, h.scalar_type(), h.device());
+}
+
+LayerArgs BaseModelImpl::stack_args(const ModelInputs& in, const Tensor& input_ids, const Tensor& attention_mask) {
   LayerArgs args;
-  args.attention_mask = in.attention_mask;
+  args.inputs = &in;
+  args.input_ids = input_ids;
+  args.attention_mask = attention_mask;
   args.position_ids = in.position_ids;
   args.cache = in.cache;
+  args.past_length = in.cache ? in.cache->length() : 0;
+  return args;
+}
+
+Tensor BaseModelImpl::run_layers(Tensor h, std::int64_t begin, std::int64_t end, LayerArgs& args,
+                                 nn::ForwardContext& ctx) {
+  for (std::int64_t i = begin; i < end; ++i) h = hooks_.layer_output(i, layer(i, h, args, ctx), ctx);
+  return h;
+}
+
+BaseModelOutput BaseModelImpl::run(const ModelInputs& in, nn::ForwardContext& ctx) {
+  LayerArgs args = stack_args(in, in.input_ids, in.attention_mask);
   Tensor h = embed(in, args, ctx);                                // (B,T,C)
   h = hooks_.embeddings(std::move(h), args.attention_mask, ctx);  // prompt tokens may lengthen T
   args.mask = attention_mask(h, args);
-  for (std::int64_t i = 0; i < num_layers(); ++i) h = hooks_.layer_output(i, layer(i, h, args, ctx), ctx);
-  BaseModelOutput out = finish(h, args, ctx);
+  h = run_layers(std::move(h), 0, num_layers(), args, ctx);
+  return finish(h, args, ctx);
+}
+
+BaseModelOutput BaseModelImpl::forward(const ModelInputs& in, nn::ForwardContext& ctx) {
+  check_inputs(in);
+  hooks_.prepare(batch_size(in), ctx);
+  BaseModelOutput out = run(in, ctx);
   out.cache = in.cache;
   return out;
 }

@@ -2,6 +2,7 @@
 // mirrors HF's attribute names. The base model owns the forward skeleton
 //     check inputs -> model hooks' prepare -> embed -> embedding hook -> attention mask
 //       -> for each layer: layer, then the layer-output hook -> finish (final norm, pooler)
+// (encoder-decoder models run it twice, encoder then decoder: models/seq2seq.h)
 // and finds its hook sites (adapted linear layers, residual sites, attention sites) by walking its
 // own module tree, so an architecture only builds modules and fills in embed/layer/finish. Methods
 // find their places through sites(); a model knows nothing about any method.
@@ -40,6 +41,12 @@ struct ModelInputs {
 struct BaseModelOutput {
   torch::Tensor last_hidden_state{};          // (B,T,C)
   torch::Tensor pooler_output{};              // (B,C), undefined for models without a pooler
+  // (B,C) what sequence-level heads read when the architecture says (GPT-2: the last real
+  // token; BART: the last EOS); undefined = the heads' default (pooler or first token).
+  torch::Tensor sequence_summary{};
+  // (B,T,C) what heads read instead of last_hidden_state when defined (T5 with tied embeddings:
+  // the decoder output rescaled by d_model^-0.5, as the reference's T5AdapterModel does).
+  torch::Tensor head_input{};
   torch::Tensor encoder_last_hidden_state{};  // encoder-decoder models
   nn::KVCache* cache = nullptr;               // the cache the call grew, when one was given
 };
@@ -51,12 +58,17 @@ struct HookSites {
   std::vector<nn::AttentionSite*> attention;
 };
 
-// What the layers of one forward pass share.
+// What the layers of one forward pass (of one stack: the encoder's or the decoder's) share.
 struct LayerArgs {
+  const ModelInputs* inputs = nullptr;  // the model's inputs as given
+  torch::Tensor input_ids;       // (B,T) this stack's token ids, or undefined
   torch::Tensor attention_mask;  // (B,T) 1/0 after the embedding hook (prompt tokens included), or undefined
   torch::Tensor mask;            // additive (B|1,1,Tq|1,Tk), or undefined
   torch::Tensor position_ids;    // (B,T) or undefined
   nn::KVCache* cache = nullptr;
+  std::int64_t past_length = 0;  // tokens in the cache before this call
+  torch::Tensor encoder_hidden_states;  // (B,Ts,C) decoders of encoder-decoder models
+  torch::Tensor encoder_mask;           // additive (B,1,1,Ts) over the encoder states, or undefined
   // Per-forward state of an architecture (relative positions, a shared bias), by name.
   std::map<std::string, torch::Tensor> extras;
 };
@@ -65,7 +77,8 @@ class BaseModelImpl : public torch::nn::Module {
  public:
   explicit BaseModelImpl(ModelConfig config) : config_(std::move(config)), hooks_(*this) {}
 
-  // The skeleton; architectures fill in the virtual steps below.
+  // Checks the inputs, lets the model hooks prepare, then run(); architectures fill in the
+  // virtual steps below.
   BaseModelOutput forward(const ModelInputs& inputs, nn::ForwardContext& ctx);
 
   const ModelConfig& config() const { return config_; }
@@ -86,6 +99,16 @@ class BaseModelImpl : public torch::nn::Module {
  protected:
   // Throws a clear error for inputs this architecture cannot take (default: text inputs).
   virtual void check_inputs(const ModelInputs& inputs) const;
+  // One stack: embed -> embedding hook -> attention mask -> layers -> finish.
+  virtual BaseModelOutput run(const ModelInputs& inputs, nn::ForwardContext& ctx);
+  // Layers [begin, end) (model-global indices), each followed by the layer-output hook.
+  torch::Tensor run_layers(torch::Tensor h, std::int64_t begin, std::int64_t end, LayerArgs& args,
+                           nn::ForwardContext& ctx);
+  // The LayerArgs of a stack over `input_ids` with the given mask and the inputs' cache.
+  static LayerArgs stack_args(const ModelInputs& inputs, const torch::Tensor& input_ids,
+                              const torch::Tensor& attention_mask);
+  // Causal self-attention over the cache and the new tokens, with the padding of args.attention_mask.
+  static torch::Tensor causal_mask(const torch::Tensor& h, const LayerArgs& args, bool add_padding_to_causal);
   // The embeddings (B,T,C); may set args.attention_mask / position_ids / extras.
   virtual torch::Tensor embed(const ModelInputs& inputs, LayerArgs& args, nn::ForwardContext& ctx) = 0;
   // The additive attention mask the layers use (default: padding only, (B,1,1,T)).

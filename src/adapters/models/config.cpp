@@ -23,11 +23,11 @@ const std::vector<KeySpelling>& key_table() {
   static const std::vector<KeySpelling> table = {
     {"vocab_size",                   {"vocab_size"},                                                    &ModelConfig::vocab_size,                   false},  // none in vision models
     {"hidden_size",                  {"hidden_size", "dim", "d_model", "n_embd"},                       &ModelConfig::hidden_size,                  true},
-    {"num_hidden_layers",            {"num_hidden_layers", "n_layers", "num_layers", "n_layer"},        &ModelConfig::num_hidden_layers,            true},
-    {"num_attention_heads",          {"num_attention_heads", "n_heads", "num_heads", "n_head"},         &ModelConfig::num_attention_heads,          true},
+    {"num_hidden_layers",            {"num_hidden_layers", "n_layers", "num_layers", "n_layer", "encoder_layers"},        &ModelConfig::num_hidden_layers,            true},
+    {"num_attention_heads",          {"num_attention_heads", "n_heads", "num_heads", "n_head", "encoder_attention_heads"},         &ModelConfig::num_attention_heads,          true},
     {"num_key_value_heads",          {"num_key_value_heads", "num_kv_heads"},                           &ModelConfig::num_key_value_heads,          false},
     {"head_dim",                     {"head_dim", "d_kv"},                                              &ModelConfig::explicit_head_dim,            false},
-    {"intermediate_size",            {"intermediate_size", "hidden_dim", "d_ff", "n_inner"},            &ModelConfig::intermediate_size,            false},
+    {"intermediate_size",            {"intermediate_size", "hidden_dim", "d_ff", "n_inner", "encoder_ffn_dim"},            &ModelConfig::intermediate_size,            false},
     {"embedding_size",               {"embedding_size"},                                                &ModelConfig::embedding_size,               false},
     {"max_position_embeddings",      {"max_position_embeddings", "n_positions"},                        &ModelConfig::max_position_embeddings,      false},
     {"type_vocab_size",              {"type_vocab_size"},                                               &ModelConfig::type_vocab_size,              false},

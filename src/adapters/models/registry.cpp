@@ -21,6 +21,12 @@ const std::vector<ArchSpec>& architectures() {
       albert_arch(),
       deberta_arch(),
       deberta_v2_arch(),
+      gpt2_arch(),
+      gptj_arch(),
+      bart_arch(),
+      mbart_arch(),
+      t5_arch(),
+      mt5_arch(),
   };
   return specs;
 }

@@ -46,6 +46,20 @@ struct ArchSpec {
   bool heads_split_hidden = true;
   ArchKind kind = ArchKind::Encoder;
   InputKind input = InputKind::Text;
+  // Methods (registry keys, "prompt_tuning") this architecture refuses -> why; add_adapter throws
+  // NotSupported with the reason before anything is attached.
+  std::map<std::string, std::string> unsupported_methods;
+  // Checkpoint keys that HF writes for a tied weight (relative to the base model) -> the key of the
+  // one parameter that holds it here (BART's encoder.embed_tokens.weight -> shared.weight). An
+  // alias loads the parameter only when the checkpoint lacks the canonical key.
+  std::map<std::string, std::string> tied_keys;
+  // Encoder-decoder models: labels given without decoder inputs become the decoder inputs,
+  // shifted right (T5); otherwise the base model shifts input_ids (BART).
+  bool decoder_inputs_from_labels = false;
+  // Decoder-only generation passes position ids counted over the attention mask (left padding
+  // starts each row at 0), as HF's prepare_inputs_for_generation does; false where the
+  // reference's model ignores them (GPT-J in transformers 4.26 rotates by absolute index).
+  bool generation_positions_from_mask = true;
   // Optional: a checkpoint tensor as the module tree stores it (key relative to the base model).
   std::function<torch::Tensor(const std::string& key, const torch::Tensor& tensor)> load_transform;
 };

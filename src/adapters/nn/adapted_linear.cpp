@@ -25,14 +25,18 @@ void LinearDelta::merge_into(Tensor& weight, Tensor& bias) const {
 }
 
 AdaptedLinearImpl::AdaptedLinearImpl(std::int64_t in_features, std::int64_t out_features, bool with_bias,
-                                     std::int64_t layer, std::string role)
-    : loras(make_adapter_dict<LinearDelta>()), layer_(layer), slices_{{role, 0, out_features}}, role_(std::move(role)) {
+                                     std::int64_t layer, std::string role, WeightLayout layout)
+    : loras(make_adapter_dict<LinearDelta>()),
+      layer_(layer),
+      layout_(layout),
+      slices_{{role, 0, out_features}},
+      role_(std::move(role)) {
   init(in_features, out_features, with_bias);
 }
 
 AdaptedLinearImpl::AdaptedLinearImpl(std::int64_t in_features, std::int64_t out_features, bool with_bias,
-                                     std::int64_t layer, std::vector<OutputSlice> slices)
-    : loras(make_adapter_dict<LinearDelta>()), layer_(layer), slices_(std::move(slices)) {
+                                     std::int64_t layer, std::vector<OutputSlice> slices, WeightLayout layout)
+    : loras(make_adapter_dict<LinearDelta>()), layer_(layer), layout_(layout), slices_(std::move(slices)) {
   ADAPTERS_CHECK(!slices_.empty(), "AdaptedLinear: a fused layer needs at least one output slice");
   std::int64_t offset = 0;
   for (const auto& s : slices_) {
@@ -47,8 +51,9 @@ AdaptedLinearImpl::AdaptedLinearImpl(std::int64_t in_features, std::int64_t out_
 }
 
 void AdaptedLinearImpl::init(std::int64_t in_features, std::int64_t out_features, bool with_bias) {
-  weight = register_parameter("weight", torch::empty({out_features, in_features}));
-  torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+  Tensor w = torch::empty({out_features, in_features});
+  torch::nn::init::kaiming_uniform_(w, std::sqrt(5.0));
+  weight = register_parameter("weight", layout_ == WeightLayout::InOut ? w.t().contiguous() : w);
   if (with_bias) {
     double bound = 1.0 / std::sqrt(static_cast<double>(in_features));
     bias = register_parameter("bias", torch::empty({out_features}).uniform_(-bound, bound));
@@ -101,7 +106,8 @@ class LinearComposable : public Composable<LinearState> {
   }
 
   LinearState single(const std::string& name, LinearState s, ForwardContext& ctx) const override {
-    const LinearCall call{s.x, layer_.weight, layer_.bias, s.base, ctx};
+    const Tensor weight = layer_.weight_out_in();
+    const LinearCall call{s.x, weight, layer_.bias, s.base, ctx};
     s.y = layer_.loras->find(name)->apply(call, s.y);
     return s;
   }
@@ -127,8 +133,17 @@ bool AdaptedLinearImpl::any_active(const Block& setup) const {
   return false;
 }
 
+// x W^T + b; Conv1D's layout computes x W + b with addmm, as HF does.
 Tensor AdaptedLinearImpl::forward(const Tensor& x, ForwardContext& ctx) {
-  Tensor y = torch::nn::functional::linear(x, weight, bias);
+  Tensor y;
+  if (layout_ == WeightLayout::OutIn) {
+    y = torch::nn::functional::linear(x, weight, bias);
+  } else {
+    auto shape = x.sizes().vec();
+    shape.back() = weight.size(1);
+    const Tensor x2 = x.reshape({-1, x.size(-1)});
+    y = (bias.defined() ? torch::addmm(bias, x2, weight) : torch::mm(x2, weight)).view(shape);
+  }
   if (ctx.setup == nullptr || loras->empty() || !any_active(*ctx.setup)) return y;
   LinearComposable site(*this);
   return compose<LinearState>(site, *ctx.setup, {x, y, y}, ctx).y;
@@ -169,10 +184,10 @@ void AdaptedLinearImpl::merge_adapter(const std::string& name) {
     original_weight_ = weight.detach().clone();
     if (bias.defined()) original_bias_ = bias.detach().clone();
   }
-  Tensor w = weight.detach().clone();
+  Tensor w = weight_out_in().detach().clone();
   Tensor b = bias.defined() ? bias.detach().clone() : Tensor();
   delta->merge_into(w, b);
-  weight.copy_(w);
+  weight_out_in().copy_(w);
   if (bias.defined()) bias.copy_(b);
   merged_.push_back(name);
 }

@@ -12,6 +12,10 @@
 // handed the slices it covers and writes only those output columns. The same delta classes serve
 // ordinary layers (one slice) and fused ones (several), so nothing else changes for fused layers.
 //
+// Weight layout. HF's Conv1D (GPT-2) stores its weight transposed, (in, out); a layer built with
+// WeightLayout::InOut keeps that layout (and the checkpoint's key) and computes x W + b as Conv1D
+// does. Deltas always see the weight as (out, in) (a transposed view), so no method cares.
+//
 // Merging. merge_adapter(name) folds an adapter's delta into weight and bias (the first merge
 // keeps a copy of the original tensors); reset_merged() copies the originals back, bit for bit.
 // While merged, the adapter is skipped in forward, so it never applies twice.
@@ -53,6 +57,8 @@ struct LinearCall {
   ForwardContext& ctx;
 };
 
+enum class WeightLayout { OutIn, InOut };
+
 // A LoRA-family adapter on one linear layer.
 class LinearDelta : public torch::nn::Module {
  public:
@@ -70,10 +76,10 @@ class AdaptedLinearImpl : public torch::nn::Module {
  public:
   // An ordinary layer with one role.
   AdaptedLinearImpl(std::int64_t in_features, std::int64_t out_features, bool with_bias, std::int64_t layer,
-                    std::string role);
+                    std::string role, WeightLayout layout = WeightLayout::OutIn);
   // A fused layer: the slices partition [0, out_features) in order.
   AdaptedLinearImpl(std::int64_t in_features, std::int64_t out_features, bool with_bias, std::int64_t layer,
-                    std::vector<OutputSlice> slices);
+                    std::vector<OutputSlice> slices, WeightLayout layout = WeightLayout::OutIn);
 
   torch::Tensor forward(const torch::Tensor& x, ForwardContext& ctx);
 
@@ -95,12 +101,14 @@ class AdaptedLinearImpl : public torch::nn::Module {
   const std::string& role() const { return role_; }
   const std::vector<OutputSlice>& slices() const { return slices_; }
   bool is_fused() const { return slices_.size() > 1; }
-  std::int64_t in_features() const { return weight.size(1); }
-  std::int64_t out_features() const { return weight.size(0); }
+  std::int64_t in_features() const { return layout_ == WeightLayout::InOut ? weight.size(0) : weight.size(1); }
+  std::int64_t out_features() const { return layout_ == WeightLayout::InOut ? weight.size(1) : weight.size(0); }
+  // The weight as (out, in), whatever its stored layout (a view: writes go to the parameter).
+  torch::Tensor weight_out_in() const { return layout_ == WeightLayout::InOut ? weight.t() : weight; }
   // "<layer>.<role>", for messages.
   std::string describe() const;
 
-  torch::Tensor weight;  // (out, in)
+  torch::Tensor weight;  // (out, in), or (in, out) with WeightLayout::InOut
   torch::Tensor bias;    // (out) or undefined
   AdapterDict<LinearDelta> loras;
 
@@ -110,6 +118,7 @@ class AdaptedLinearImpl : public torch::nn::Module {
   bool any_active(const composition::Block& setup) const;
 
   std::int64_t layer_;
+  WeightLayout layout_;
   std::vector<OutputSlice> slices_;
   std::string role_;
   std::vector<std::string> merged_;  // merged adapters, in order of merging

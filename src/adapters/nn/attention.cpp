@@ -58,19 +58,45 @@ AttentionImpl::AttentionImpl(AttentionOptions o)
   ADAPTERS_CHECK(c.heads % c.kv_heads == 0, "attention: num_key_value_heads ", c.kv_heads,
                  " does not divide num_attention_heads ", c.heads);
   const std::int64_t q_width = c.heads * c.head_dim, kv_width = c.kv_heads * c.head_dim;
-  if (!c.q.empty()) query = register_module(c.q, AdaptedLinear(c.hidden, q_width, c.qkv_bias, c.layer, role::kQuery));
-  if (!c.k.empty()) key = register_module(c.k, AdaptedLinear(c.kv_input, kv_width, c.qkv_bias && c.k_bias, c.layer, role::kKey));
-  if (!c.v.empty()) value = register_module(c.v, AdaptedLinear(c.kv_input, kv_width, c.qkv_bias, c.layer, role::kValue));
-  if (!c.o.empty()) output = register_module(c.o, AdaptedLinear(q_width, c.out, c.o_bias, c.layer, role::kAttentionOut));
+  if (!c.qkv.empty()) {
+    ADAPTERS_CHECK(!c.cross && c.kv_input == c.hidden, "attention: a fused q/k/v projection needs self-attention");
+    std::vector<OutputSlice> slices = {{role::kQuery, 0, q_width},
+                                       {role::kKey, q_width, kv_width},
+                                       {role::kValue, q_width + kv_width, kv_width}};
+    qkv = register_module(c.qkv, AdaptedLinear(c.hidden, q_width + 2 * kv_width, c.qkv_bias, c.layer, std::move(slices),
+                                               c.layout));
+  } else {
+    if (!c.q.empty()) query = register_module(c.q, AdaptedLinear(c.hidden, q_width, c.qkv_bias, c.layer, role::kQuery, c.layout));
+    if (!c.k.empty()) {
+      key = register_module(c.k, AdaptedLinear(c.kv_input, kv_width, c.qkv_bias && c.k_bias, c.layer, role::kKey, c.layout));
+    }
+    if (!c.v.empty()) value = register_module(c.v, AdaptedLinear(c.kv_input, kv_width, c.qkv_bias, c.layer, role::kValue, c.layout));
+  }
+  if (!c.o.empty()) {
+    output = register_module(c.o, AdaptedLinear(q_width, c.out, c.o_bias, c.layer, role::kAttentionOut, c.layout));
+  }
   dropout = register_module("dropout", torch::nn::Dropout(c.dropout));
   prefix.register_in(*this);
 }
 
 Tensor AttentionImpl::split_heads(const Tensor& x, std::int64_t heads) const {
-  return x.view({x.size(0), x.size(1), heads, options_.head_dim}).transpose(1, 2);
+  return x.reshape({x.size(0), x.size(1), heads, options_.head_dim}).transpose(1, 2);
+}
+
+std::tuple<Tensor, Tensor, Tensor> AttentionImpl::project_fused(const Tensor& x, ForwardContext& ctx) {
+  const std::int64_t q_width = options_.heads * options_.head_dim, kv_width = options_.kv_heads * options_.head_dim;
+  const Tensor y = qkv->forward(x, ctx);  // (B,T,q+2kv)
+  return {split_heads(y.narrow(-1, 0, q_width), options_.heads),
+          split_heads(y.narrow(-1, q_width, kv_width), options_.kv_heads),
+          split_heads(y.narrow(-1, q_width + kv_width, kv_width), options_.kv_heads)};
 }
 
 Tensor AttentionImpl::forward(const AttentionCall& call, ForwardContext& ctx) {
+  if (qkv) {
+    auto [q, k, v] = project_fused(call.hidden, ctx);
+    Tensor context = attend(std::move(q), std::move(k), std::move(v), call, ctx);
+    return output ? output->forward(context, ctx) : context;
+  }
   ADAPTERS_CHECK(query && key && value, "attention at layer ", options_.layer,
                  ": this architecture projects q/k/v itself and must call attend()");
   Tensor q = split_heads(query->forward(call.hidden, ctx), options_.heads);
@@ -88,20 +114,55 @@ Tensor AttentionImpl::forward(const AttentionCall& call, ForwardContext& ctx) {
   return output ? output->forward(context, ctx) : context;
 }
 
-std::pair<Tensor, Tensor> AttentionImpl::through_cache(Tensor k, Tensor v, LayerKV* cache) const {
+void LayerKV::append(const Tensor& k, const Tensor& v) {
+  const std::int64_t past = length(), total = past + k.size(2);
+  if (torch::GradMode::is_enabled()) {  // training through a cache: no in-place writes
+    key = past ? torch::cat({key, k}, 2) : k;
+    value = past ? torch::cat({value, v}, 2) : v;
+    key_buffer = value_buffer = Tensor();
+    return;
+  }
+  if (!key_buffer.defined() || key_buffer.size(2) < total || key_buffer.size(0) != k.size(0)) {
+    const std::int64_t room = std::max({capacity, total, 2 * (key_buffer.defined() ? key_buffer.size(2) : 0)});
+    Tensor kb = torch::empty({k.size(0), k.size(1), room, k.size(3)}, k.options());
+    Tensor vb = torch::empty({v.size(0), v.size(1), room, v.size(3)}, v.options());
+    if (past) {
+      kb.narrow(2, 0, past).copy_(key);
+      vb.narrow(2, 0, past).copy_(value);
+    }
+    key_buffer = kb;
+    value_buffer = vb;
+  }
+  key_buffer.narrow(2, past, k.size(2)).copy_(k);
+  value_buffer.narrow(2, past, v.size(2)).copy_(v);
+  key = key_buffer.narrow(2, 0, total);
+  value = value_buffer.narrow(2, 0, total);
+}
+
+void LayerKV::select_rows(const Tensor& rows) {
+  if (!key.defined()) return;
+  const Tensor index = rows.to(key.device(), torch::kLong);
+  if (key_buffer.defined()) {
+    key_buffer = key_buffer.index_select(0, index);
+    value_buffer = value_buffer.index_select(0, index);
+    key = key_buffer.narrow(2, 0, key.size(2));
+    value = value_buffer.narrow(2, 0, value.size(2));
+  } else {
+    key = key.index_select(0, index);
+    value = value.index_select(0, index);
+  }
+}
+
+std::pair<Tensor, Tensor> AttentionImpl::through_cache(Tensor k, Tensor v, const AttentionCall& call) const {
+  LayerKV* cache = call.cache;
   if (cache == nullptr) return {std::move(k), std::move(v)};
   if (options_.cross) {
     cache->key = k;
     cache->value = v;
     return {std::move(k), std::move(v)};
   }
-  if (cache->key.defined()) {
-    k = torch::cat({cache->key, k}, 2);
-    v = torch::cat({cache->value, v}, 2);
-  }
-  cache->key = k;
-  cache->value = v;
-  return {std::move(k), std::move(v)};
+  cache->append(k, v);
+  return {cache->key, cache->value};
 }
 
 Tensor AttentionImpl::repeat_kv(const Tensor& t) const {
@@ -115,7 +176,7 @@ Tensor AttentionImpl::attend(Tensor q, Tensor k, Tensor v, const AttentionCall& 
     q = apply_rotary(q, call.position_ids, options_.rotary);
     if (!options_.cross) k = apply_rotary(k, call.position_ids, options_.rotary);
   }
-  std::tie(k, v) = through_cache(std::move(k), std::move(v), call.cache);
+  std::tie(k, v) = through_cache(std::move(k), std::move(v), call);
   AttentionState s = prefix.forward({std::move(q), std::move(k), std::move(v), call.mask, call.hidden}, ctx);
   Tensor scores = torch::matmul(s.query, repeat_kv(s.key).transpose(-1, -2));  // (B,H,Tq,Tk)
   if (!options_.scale) {

@@ -24,6 +24,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "adapters/nn/adapted_linear.h"
@@ -32,21 +33,37 @@
 
 namespace adapters::nn {
 
-// Keys and values of one attention layer cached across calls: (B,Hkv,T,D) each.
+// Keys and values of one attention layer cached across calls: (B,Hkv,T,D) each. Self-attention
+// appends into preallocated buffers (grown geometrically, or sized once by KVCache::reserve), so a
+// decoding step copies only its new tokens; key/value are views of the filled part.
 struct LayerKV {
   torch::Tensor key;
   torch::Tensor value;
+  torch::Tensor key_buffer, value_buffer;  // (B,Hkv,capacity,D); undefined until the first append
+  std::int64_t capacity = 0;               // tokens to allocate for at the first append
   std::int64_t length() const { return key.defined() ? key.size(2) : 0; }
+  // Appends k, v (B,Hkv,t,D). With autograd recording, the cache concatenates instead (no in-place
+  // writes into tensors saved for backward).
+  void append(const torch::Tensor& k, const torch::Tensor& v);
+  // Keeps rows `rows` (beam search, expansion for return sequences).
+  void select_rows(const torch::Tensor& rows);
 };
 
 // A caller-owned key/value cache: one slot per attention layer, in the model's layer order.
 struct KVCache {
   std::vector<LayerKV> layers;
+  std::int64_t capacity = 0;  // see reserve()
   // Tokens already cached (the position of the next token).
   std::int64_t length() const { return layers.empty() ? 0 : layers.front().length(); }
   LayerKV* layer(std::size_t i) {
     if (layers.size() <= i) layers.resize(i + 1);
+    if (layers[i].capacity < capacity) layers[i].capacity = capacity;
     return &layers[i];
+  }
+  // Makes the first append of every layer allocate room for `tokens` (e.g. prompt + max_new_tokens).
+  void reserve(std::int64_t tokens) { capacity = tokens; }
+  void select_rows(const torch::Tensor& rows) {
+    for (auto& l : layers) l.select_rows(rows);
   }
 };
 
@@ -72,6 +89,9 @@ struct AttentionOptions {
   // HF attribute names of the projections; an empty name leaves the projection out (o: the
   // architecture applies its output projection elsewhere; q/k/v: it calls attend() itself).
   std::string q = "query", k = "key", v = "value", o;
+  // One fused projection producing q, k and v (GPT-2's c_attn); replaces q/k/v when set.
+  std::string qkv;
+  WeightLayout layout = WeightLayout::OutIn;  // InOut: HF Conv1D weights (GPT-2)
   bool qkv_bias = true;
   bool k_bias = true;    // false: the key projection alone has no bias (BEiT)
   bool o_bias = true;
@@ -113,12 +133,15 @@ class AttentionImpl : public torch::nn::Module {
   const AttentionOptions& options() const { return options_; }
 
   AdaptedLinear query{nullptr}, key{nullptr}, value{nullptr}, output{nullptr};
+  AdaptedLinear qkv{nullptr};  // the fused projection, when the options name one
   torch::nn::Dropout dropout{nullptr};
   AttentionSite prefix;
 
  private:
+  // (B,T,C) -> q (B,H,T,D), k and v (B,Hkv,T,D) from the fused projection.
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> project_fused(const torch::Tensor& x, ForwardContext& ctx);
   // The cached keys/values with k, v appended (and stored back); cross-attention computes them once.
-  std::pair<torch::Tensor, torch::Tensor> through_cache(torch::Tensor k, torch::Tensor v, LayerKV* cache) const;
+  std::pair<torch::Tensor, torch::Tensor> through_cache(torch::Tensor k, torch::Tensor v, const AttentionCall& call) const;
   torch::Tensor repeat_kv(const torch::Tensor& t) const;
 
   AttentionOptions options_;

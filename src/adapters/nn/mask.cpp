@@ -50,6 +50,11 @@ Tensor build_attention_mask(const MaskSpec& s, torch::ScalarType dtype, const to
     return (1.0 - m) * lowest;
   }
   Tensor allowed = position_rule(s, device).unsqueeze(0).unsqueeze(0);  // (1,1,Tq,Tk)
+  if (s.padding.defined() && s.add_padding_to_causal) {
+    Tensor causal = torch::zeros(allowed.sizes(), torch::TensorOptions().dtype(dtype).device(device))
+                        .masked_fill(allowed.logical_not(), lowest);
+    return causal + (1.0 - s.padding.to(dtype).unsqueeze(1).unsqueeze(2)) * lowest;  // (B,1,Tq,Tk)
+  }
   if (s.padding.defined()) allowed = allowed.logical_and(s.padding.to(torch::kBool).unsqueeze(1).unsqueeze(2));
   Tensor zero = torch::zeros({}, torch::TensorOptions().dtype(dtype).device(device));
   return torch::where(allowed, zero, torch::full({}, lowest, zero.options()));

@@ -18,6 +18,11 @@ struct MaskSpec {
   std::int64_t sliding_window = 0;  // > 0: and only keys at positions > p - sliding_window
   // Padded queries see nothing (DeBERTa's (B,1,T,T) = m_i * m_j); the softmax then gives zeros.
   bool mask_padded_queries = false;
+  // HF's older decoders (GPT-2, GPT-J, BART in transformers 4.26) add the padding mask to the
+  // causal mask instead of combining them, so a key that is both in the future and padding gets
+  // lowest + lowest = -inf. Only the rows of padded queries see the difference; set this to match
+  // them exactly.
+  bool add_padding_to_causal = false;
 };
 
 // The dtype's most negative finite value (HF's torch.finfo(dtype).min).

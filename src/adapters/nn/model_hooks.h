@@ -14,6 +14,7 @@
 #include <torch/nn/module.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -43,10 +44,16 @@ class ModelHooks {
     for (auto& [n, hook] : hooks_) {
       if (n == name) return std::dynamic_pointer_cast<T>(hook);
     }
-    std::shared_ptr<T> hook = owner_.register_module(name, make());
+    auto placed = placements_.find(name);
+    torch::nn::Module& owner = placed == placements_.end() ? owner_ : *placed->second;
+    std::shared_ptr<T> hook = owner.register_module(name, make());
     hooks_.emplace_back(name, hook);
     return hook;
   }
+  // Registers the hook `name` under `owner` (a submodule of the model) instead of the model itself,
+  // where the reference keeps it there (BART's and T5's invertible adapters live in the encoder).
+  void place(const std::string& name, torch::nn::Module& owner) { placements_[name] = &owner; }
+
   template <typename T>
   std::shared_ptr<T> find(const std::string& name) const {
     for (const auto& [n, hook] : hooks_) {
@@ -76,6 +83,7 @@ class ModelHooks {
 
  private:
   torch::nn::Module& owner_;
+  std::map<std::string, torch::nn::Module*> placements_;
   std::vector<std::pair<std::string, std::shared_ptr<ModelHook>>> hooks_;
 };
 

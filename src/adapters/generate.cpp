@@ -1,0 +1,196 @@
+// The model side of generation: setup checks, the step model over the cache, Parallel replication.
+#include "adapters/generate.h"
+
+#include <torch/torch.h>
+
+#include "adapters/core/error.h"
+#include "adapters/core/json.h"
+#include "adapters/io/tensors.h"
+
+namespace adapters {
+
+using composition::BlockType;
+using generation::GenerationConfig;
+using torch::Tensor;
+
+namespace {
+
+// Token-id keys a model's config.json gives generation (HF's GenerationConfig.from_model_config).
+const char* const kTokenKeys[] = {"bos_token_id",          "eos_token_id",        "pad_token_id",
+                                  "decoder_start_token_id", "forced_bos_token_id", "forced_eos_token_id"};
+
+void check_setup_can_generate(const composition::Block& b, const std::string& setup) {
+  ADAPTERS_CHECK(b.type != BlockType::Split && b.type != BlockType::BatchSplit, "generate: the adapter setup ", setup,
+                 " contains ", b.type == BlockType::Split ? "Split (it splits the sequence, which grows per step)"
+                                                           : "BatchSplit (beams and returned sequences reorder the rows)",
+                 "; generate with Stack, Fuse, Parallel or Average");
+  for (const auto& c : b.children) check_setup_can_generate(c, setup);
+}
+
+// Which heads produce the logits: the active head setup, one LM head or a Parallel of them (one per
+// branch of the adapter setup's Parallel).
+void check_heads_can_generate(const AdapterModelImpl& model, std::int64_t channels) {
+  const auto& heads = model.active_head();
+  const char* wanted = model.arch().kind == models::ArchKind::EncoderDecoder ? "seq2seq_lm" : "causal_lm";
+  ADAPTERS_CHECK(heads.has_value(), "generate: the model has no active head; add or load a ", wanted,
+                 " head (add_head(name, \"", wanted, "\")) and activate it");
+  std::vector<std::string> names = heads->is_adapter() ? std::vector<std::string>{heads->name} : heads->flatten();
+  ADAPTERS_CHECK(heads->is_adapter() || heads->type == BlockType::Parallel, "generate: head setup ", heads->to_string(),
+                 " cannot generate (expected one LM head, or a Parallel of them)");
+  ADAPTERS_CHECK(static_cast<std::int64_t>(names.size()) == channels, "generate: ", names.size(),
+                 " active heads for an adapter setup with ", channels, " Parallel branch(es); give one LM head per branch");
+  for (const auto& name : names) {
+    const std::string type = model.head(name).type();
+    ADAPTERS_CHECK(type == "causal_lm" || type == "seq2seq_lm", "generate: head '", name, "' is a ", type,
+                   " head; generation needs a language-model head (", wanted, ")");
+  }
+}
+
+// Drives the model one step at a time. Rows are the decoding rows (prompts x channels x beams).
+class ModelStepper : public generation::StepModel {
+ public:
+  ModelStepper(AdapterModelImpl& model, std::int64_t channels, bool use_cache, std::int64_t max_length)
+      : model_(model), channels_(channels), use_cache_(use_cache),
+        encoder_decoder_(model.arch().kind == models::ArchKind::EncoderDecoder),
+        positions_from_mask_(model.arch().generation_positions_from_mask) {
+    cache_.reserve(max_length);  // one allocation per layer: steps copy only their new tokens
+  }
+
+  // Encoder-decoder models: runs the encoder once over the source (B,Ts) (its Parallel block
+  // replicates the rows) and keeps its states for every step.
+  void encode(const Tensor& input_ids, const Tensor& attention_mask, std::int64_t decoder_start) {
+    models::ModelInputs in;
+    in.input_ids = input_ids;
+    in.attention_mask = attention_mask;
+    in.decoder_input_ids = torch::full({input_ids.size(0), 1}, decoder_start, input_ids.options());
+    ForwardOptions options;
+    options.skip_heads = true;
+    const ModelOutput out = model_.forward(in, options);
+    encoder_states_ = out.encoder_last_hidden_state;
+    encoder_mask_ = attention_mask.defined() ? attention_mask.repeat({channels_, 1}) : Tensor();
+  }
+
+  Tensor next_logits(const Tensor& sequences, const Tensor& attention_mask) override {
+    const std::int64_t seen = use_cache_ ? cache_.length() : 0;
+    models::ModelInputs in;
+    if (encoder_decoder_) {
+      in.encoder_hidden_states = encoder_states_;
+      in.attention_mask = encoder_mask_;
+      in.decoder_input_ids = sequences.slice(1, seen);
+    } else {
+      in.input_ids = sequences.slice(1, seen);
+      in.attention_mask = attention_mask;
+      if (positions_from_mask_ && attention_mask.defined()) {
+        // HF's prepare_inputs_for_generation: positions count the real tokens of each row.
+        Tensor positions = attention_mask.cumsum(-1) - 1;
+        in.position_ids = positions.masked_fill(attention_mask.eq(0), 1).slice(1, seen);
+      }
+    }
+    in.cache = use_cache_ ? &cache_ : nullptr;
+    ForwardOptions options;
+    options.inputs_replicated_for_parallel = channels_ > 1;
+    const ModelOutput out = model_.forward(in, options);
+    Tensor logits;
+    if (out.head_outputs.empty()) {
+      logits = out.head.at("logits");
+    } else {
+      std::vector<Tensor> parts;
+      for (const auto& h : out.head_outputs) parts.push_back(h.at("logits"));
+      logits = torch::cat(parts, 0);
+    }
+    return logits.select(1, logits.size(1) - 1).to(torch::kFloat32);  // (N,V)
+  }
+
+  void select_rows(const Tensor& rows) override {
+    const Tensor index = rows.to(torch::kLong);
+    auto take = [&](Tensor& t) {
+      if (t.defined()) t = t.index_select(0, index.to(t.device()));
+    };
+    take(encoder_states_);
+    take(encoder_mask_);
+    cache_.select_rows(index);
+  }
+
+ private:
+  AdapterModelImpl& model_;
+  std::int64_t channels_;
+  bool use_cache_;
+  bool encoder_decoder_;
+  bool positions_from_mask_;
+  nn::KVCache cache_;
+  Tensor encoder_states_, encoder_mask_;
+};
+
+std::int64_t config_token(const models::ModelConfig& c, const char* key) {
+  return c.raw.contains(key) && c.raw[key].is_number_integer() ? c.raw[key].get<std::int64_t>() : -1;
+}
+
+}  // namespace
+
+GenerationConfig generation_defaults(const models::ModelConfig& config) {
+  json tokens = json::object();
+  for (const char* key : kTokenKeys) {
+    if (config.raw.contains(key) && !config.raw[key].is_null()) tokens[key] = config.raw[key];
+  }
+  return generation::parse_generation_config(tokens, "config.json");
+}
+
+GenerationConfig load_generation_config(const fs::path& model_dir, const models::ModelConfig& config) {
+  GenerationConfig c = generation_defaults(config);
+  const fs::path path = model_dir / "generation_config.json";
+  if (!fs::exists(path)) return c;
+  return generation::parse_generation_config(parse_json_file_text(io::read_text_file(path), path.string()),
+                                             path.string(), c);
+}
+
+generation::GenerateOutput generate(AdapterModelImpl& model, const Tensor& input_ids, const Tensor& attention_mask,
+                                    const GenerationConfig& config, const generation::DecodeHooks& hooks) {
+  const auto& arch = model.arch();
+  const models::ModelConfig& mc = model.config();
+  ADAPTERS_CHECK(arch.kind != models::ArchKind::Encoder, "generate: ", mc.model_type,
+                 " is an encoder; generation needs a decoder-only or encoder-decoder model");
+  ADAPTERS_CHECK(input_ids.defined() && input_ids.dim() == 2 && input_ids.size(0) > 0 && input_ids.size(1) > 0,
+                 "generate: input_ids must be a non-empty (B,T) tensor");
+  if (attention_mask.defined()) {
+    ADAPTERS_CHECK(attention_mask.sizes() == input_ids.sizes(), "generate: attention_mask must have the shape of input_ids ",
+                   input_ids.sizes(), ", found ", attention_mask.sizes());
+  }
+  generation::validate(config, mc.vocab_size);
+  std::int64_t channels = 1;
+  if (const auto& setup = model.active_setup()) {
+    check_setup_can_generate(*setup, setup->to_string());
+    channels = composition::parallel_channels(*setup);
+  }
+  check_heads_can_generate(model, channels);
+
+  const bool encoder_decoder = arch.kind == models::ArchKind::EncoderDecoder;
+  const std::int64_t prompt = encoder_decoder ? 1 : input_ids.size(1);
+  const std::int64_t max_length = generation::resolve_max_length(config, prompt);
+  const std::int64_t positions = mc.max_position_embeddings;
+  const bool learned_positions = mc.model_type != "t5" && mc.model_type != "mt5";
+  if (learned_positions) {
+    ADAPTERS_CHECK(!encoder_decoder || input_ids.size(1) <= positions, "generate: the source has ", input_ids.size(1),
+                   " tokens, the model has ", positions, " positions");
+    ADAPTERS_CHECK(max_length <= positions, "generate: ", encoder_decoder ? "" : "the prompt and ", "up to ",
+                   max_length, " tokens do not fit the model's ", positions,
+                   " positions (shorten the prompt or lower max_new_tokens)");
+  }
+
+  model.eval();
+  torch::NoGradGuard no_grad;
+  const torch::Device device = model.parameters().front().device();
+  const Tensor ids = input_ids.to(device, torch::kLong);
+  const Tensor mask = attention_mask.defined() ? attention_mask.to(device, torch::kLong) : torch::ones_like(ids);
+  ModelStepper stepper(model, channels, config.use_cache, max_length);
+  if (!encoder_decoder) return generation::decode(stepper, ids.repeat({channels, 1}), mask.repeat({channels, 1}), config, hooks);
+
+  std::int64_t start = config.decoder_start_token_id.value_or(config_token(mc, "decoder_start_token_id"));
+  if (start < 0 && config.bos_token_id) start = *config.bos_token_id;
+  ADAPTERS_CHECK(start >= 0 && start < mc.vocab_size, "generate: ", mc.model_type,
+                 " needs decoder_start_token_id (in generation_config.json, config.json or the call), found none");
+  stepper.encode(ids, mask, start);
+  const Tensor decoder_ids = torch::full({ids.size(0) * channels, 1}, start, ids.options());
+  return generation::decode(stepper, decoder_ids, Tensor(), config, hooks);
+}
+
+}  // namespace adapters
