@@ -306,7 +306,18 @@ class LoRADeltaImpl : public FamilyDelta {
       return torch::addmm(y.reshape({-1, out_features_}), a.reshape({-1, r_}), lora_B.t(), 1.0, scaling_)
           .view(y.sizes());
     }
-    return y + spread(low_rank(call.x) * scaling_, 0.0);
+    // A fused layer (GPT-2's c_attn with q and v chosen): each chosen slice's columns get their
+    // delta added in place to a copy of y, without building the full-width delta.
+    Tensor a = torch::matmul(dropped(call.x), lora_A.t());  // (..., n*r)
+    Tensor out = y.clone();
+    std::int64_t row = 0;
+    for (std::size_t i = 0; i < slices_.size(); ++i) {
+      const Tensor b = lora_B.narrow(0, row, slices_[i].size);
+      out.narrow(-1, slices_[i].offset, slices_[i].size)
+          .add_(torch::matmul(a.narrow(-1, static_cast<std::int64_t>(i) * r_, r_), b.t()), scaling_);
+      row += slices_[i].size;
+    }
+    return out;
   }
 
   std::string merge_blocker() const override {

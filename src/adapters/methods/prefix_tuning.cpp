@@ -114,13 +114,36 @@ PrefixTuningGroupImpl::PrefixTuningGroupImpl(const PrefixTuningConfig& config,
   dropout_ = register_module("dropout", torch::nn::Dropout(config.dropout));
 }
 
+std::vector<std::pair<const void*, std::uint32_t>> PrefixTuningGroupImpl::parameter_versions() const {
+  std::vector<std::pair<const void*, std::uint32_t>> versions;
+  for (const auto& p : parameters()) versions.emplace_back(p.data_ptr(), p._version());
+  return versions;
+}
+
 std::map<std::string, std::vector<nn::PrefixKV>> PrefixTuningGroupImpl::forward(std::int64_t batch) {
   std::map<std::string, std::vector<nn::PrefixKV>> out;
   const std::int64_t P = prefix_length_, H = heads_, D = head_dim_;
+  const bool reusable = !torch::GradMode::is_enabled() && !(is_training() && dropout_->options.p() > 0.0);
+  if (reusable) {
+    auto versions = parameter_versions();
+    if (versions != cached_from_) {
+      cached_states_.clear();
+      cached_from_ = std::move(versions);
+    }
+  } else {
+    cached_states_.clear();
+    cached_from_.clear();
+  }
   for (const auto& [location, l] : locations_) {
     const std::int64_t L2 = 2 * l.n_layers;
-    Tensor kv = l.module->states().view({P, L2, H, D}).permute({1, 2, 0, 3});  // (2L,H,P,D)
-    kv = kv.unsqueeze(1).expand({L2, batch, H, P, D});                          // (2L,B,H,P,D)
+    Tensor kv;
+    if (auto hit = cached_states_.find(location); reusable && hit != cached_states_.end()) {
+      kv = hit->second;
+    } else {
+      kv = l.module->states().view({P, L2, H, D}).permute({1, 2, 0, 3});  // (2L,H,P,D)
+      if (reusable) cached_states_[location] = kv;
+    }
+    kv = kv.unsqueeze(1).expand({L2, batch, H, P, D});  // (2L,B,H,P,D)
     if (is_training() && dropout_->options.p() > 0.0) kv = dropout_(kv.contiguous());
     auto& layers = out[location];
     for (std::int64_t i = 0; i < l.n_layers; ++i) layers.push_back({kv[2 * i], kv[2 * i + 1]});

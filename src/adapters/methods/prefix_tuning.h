@@ -84,7 +84,9 @@ class PrefixTuningGroupImpl : public torch::nn::Module {
   PrefixTuningGroupImpl(const PrefixTuningConfig& config, const std::map<std::string, std::int64_t>& layer_counts,
                         std::int64_t kv_heads, std::int64_t head_dim, std::int64_t hidden, const std::string& source);
 
-  // Prefix key/value states for a batch of `batch` rows: location -> one entry per layer.
+  // Prefix key/value states for a batch of `batch` rows: location -> one entry per layer. Without
+  // autograd and dropout (inference, every generation step) the states are computed once and
+  // reused until a parameter changes (in place or replaced).
   std::map<std::string, std::vector<nn::PrefixKV>> forward(std::int64_t batch);
   // Replaces every reparametrised prefix by a flat one with the same states.
   void eject();
@@ -94,6 +96,10 @@ class PrefixTuningGroupImpl : public torch::nn::Module {
   std::int64_t prefix_length_;
   torch::nn::Dropout dropout_{nullptr};
   std::map<std::string, Location> locations_;
+  // (2L,H,P,D) states per location from the last inference call, and what they were computed from.
+  std::map<std::string, torch::Tensor> cached_states_;
+  std::vector<std::pair<const void*, std::uint32_t>> cached_from_;
+  std::vector<std::pair<const void*, std::uint32_t>> parameter_versions() const;
 };
 
 // The model-level pool: "prefix_tunings.<adapter>.<location>...".

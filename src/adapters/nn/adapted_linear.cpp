@@ -144,7 +144,20 @@ Tensor AdaptedLinearImpl::forward(const Tensor& x, ForwardContext& ctx) {
     const Tensor x2 = x.reshape({-1, x.size(-1)});
     y = (bias.defined() ? torch::addmm(bias, x2, weight) : torch::mm(x2, weight)).view(shape);
   }
-  if (ctx.setup == nullptr || loras->empty() || !any_active(*ctx.setup)) return y;
+  if (ctx.setup == nullptr || loras->empty()) return y;
+  // One adapter active (the common case, every decoding step): straight to its delta.
+  const Block& setup = *ctx.setup;
+  const Block* only = setup.is_adapter() ? &setup
+                      : setup.type == BlockType::Stack && setup.children.size() == 1 && setup.children[0].is_adapter()
+                          ? &setup.children[0]
+                          : nullptr;
+  if (only != nullptr) {
+    LinearDelta* delta = loras->find(only->name);
+    if (delta == nullptr || is_merged(only->name)) return y;
+    const Tensor w = weight_out_in();
+    return delta->apply({x, w, bias, y, ctx}, y);
+  }
+  if (!any_active(setup)) return y;
   LinearComposable site(*this);
   return compose<LinearState>(site, *ctx.setup, {x, y, y}, ctx).y;
 }
