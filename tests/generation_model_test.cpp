@@ -177,6 +177,56 @@ TEST_P(Decoding, BadRequestsFailBeforeAnyWork) {
 
 INSTANTIATE_TEST_SUITE_P(Generative, Decoding, ::testing::Values("gpt2", "gptj", "bart", "mbart", "t5"));
 
+// HF's *LMHeadModel / *ForConditionalGeneration folders: base keys without the AdapterModel prefix
+// (GPT-2, T5) or with the class's own ("model." for BART), an lm_head.weight (tied or not), and
+// the static head converted into a flexible LM head that generates as the model does with the
+// equivalent flexible head.
+struct StaticLmCase {
+  std::string arch, hf_class, strip, head_type;
+};
+
+void PrintTo(const StaticLmCase& c, std::ostream* os) { *os << c.hf_class; }
+
+class StaticLmHead : public ::testing::TestWithParam<StaticLmCase> {};
+
+TEST_P(StaticLmHead, ConvertsAndGenerates) {
+  const auto& p = GetParam();
+  TempDir tmp;
+  json config = json::parse(io::read_text_file(model_dir(p.arch) / "config.json"));
+  config["architectures"] = json::array({p.hf_class});
+  io::write_file_atomic(tmp / "config.json", config.dump());
+  io::TensorMap tensors;
+  AdapterModel reference = load_pretrained(model_dir(p.arch));
+  for (const auto& [key, t] : io::read_checkpoint(model_dir(p.arch) / "model.safetensors")) {
+    const std::string name = key.rfind(p.strip, 0) == 0 ? key.substr(p.strip.size()) : key;
+    tensors[name] = t;
+  }
+  tensors["lm_head.weight"] = reference->base().word_embeddings().detach().clone();
+  if (p.arch == "gptj") tensors["lm_head.bias"] = torch::randn({config["vocab_size"].get<std::int64_t>()});  // untied, with a bias
+  io::write_safetensors(tmp / "model.safetensors", tensors);
+  AdapterModel model = load_pretrained(tmp.path());
+  ASSERT_TRUE(model->has_head("default"));
+  EXPECT_EQ(model->head("default").type(), p.head_type);
+  reference->add_head("lm", p.head_type, model->head("default").config());
+  {
+    torch::NoGradGuard no_grad;
+    const auto converted = model->head("default").named_parameters();
+    for (auto& item : reference->head("lm").named_parameters()) item.value().copy_(*converted.find(item.key()));
+  }
+  EXPECT_TRUE(torch::equal(model->head("default").named_parameters().find("0.weight")->detach(),
+                           tensors["lm_head.weight"]));
+  const auto [ids, mask] = prompts(p.arch);
+  EXPECT_TRUE(torch::equal(generate(*model, ids, mask, greedy(6, true)).sequences,
+                           generate(*reference, ids, mask, greedy(6, true)).sequences));
+}
+
+INSTANTIATE_TEST_SUITE_P(Generative, StaticLmHead,
+                         ::testing::Values(StaticLmCase{"gpt2", "GPT2LMHeadModel", "transformer.", "causal_lm"},
+                                           StaticLmCase{"gptj", "GPTJForCausalLM", "", "causal_lm"},
+                                           StaticLmCase{"bart", "BartForConditionalGeneration", "", "seq2seq_lm"},
+                                           StaticLmCase{"t5", "T5ForConditionalGeneration", "transformer.", "seq2seq_lm"}),
+                         [](const auto& info) { return info.param.arch; });
+
 // MT5: T5's code with a gated-GELU feed-forward (wi_0 plain, wi_1 adapted) and untied embeddings.
 TEST(Decoding, Mt5GatedFeedForwardGeneratesWithTheCache) {
   json raw = json::parse(io::read_text_file(model_dir("t5") / "config.json"));
