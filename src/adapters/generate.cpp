@@ -176,7 +176,13 @@ generation::GenerateOutput generate(AdapterModelImpl& model, const Tensor& input
                    " positions (shorten the prompt or lower max_new_tokens)");
   }
 
-  model.eval();
+  // Generation runs in eval mode (no dropout); the model's mode is restored afterwards.
+  struct EvalMode {
+    AdapterModelImpl& m;
+    bool was_training;
+    explicit EvalMode(AdapterModelImpl& model) : m(model), was_training(model.is_training()) { m.eval(); }
+    ~EvalMode() { m.train(was_training); }
+  } eval_mode(model);
   torch::NoGradGuard no_grad;
   const torch::Device device = model.parameters().front().device();
   const Tensor ids = input_ids.to(device, torch::kLong);
