@@ -133,14 +133,19 @@ TEST_P(MethodMatrix, MergedEqualsUnmerged) {
   randomize_adapter(model, "a", 0.2);
   const torch::Tensor unmerged = hidden(model, inputs());
   model->merge_adapter("a");
-  // Merging changes the order of float operations: equal up to rounding.
-  EXPECT_LT((hidden(model, inputs()) - unmerged).abs().max().item<double>(), 1e-4);
+  // Merging changes the order of float operations: equal up to rounding, which scales with the
+  // size of the outputs (T5's stream is unnormalised: several times BERT's).
+  const torch::Tensor merged = hidden(model, inputs());
+  const double scale = std::max(1.0, unmerged.abs().max().item<double>());
+  EXPECT_LT((merged - unmerged).abs().max().item<double>(), 1e-4 * scale) << "outputs up to " << scale;
   model->reset_adapter();
   EXPECT_LT((hidden(model, inputs()) - unmerged).abs().max().item<double>(), 1e-6);
 }
 
+// "m<index>__<arch>": the architecture last after a double underscore, so that CTest can run one
+// architecture's row as one process (tests/CMakeLists.txt: --gtest_filter=*__<arch>).
 std::string param_name(const ::testing::TestParamInfo<Param>& info) {
-  std::string n = std::get<0>(info.param) + "_" + std::to_string(info.index);
+  std::string n = "m" + std::to_string(info.index) + "__" + std::get<0>(info.param);
   for (auto& c : n) {
     if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
   }
