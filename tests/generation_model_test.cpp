@@ -227,6 +227,15 @@ INSTANTIATE_TEST_SUITE_P(Generative, StaticLmHead,
                                            StaticLmCase{"t5", "T5ForConditionalGeneration", "transformer.", "seq2seq_lm"}),
                          [](const auto& info) { return info.param.arch; });
 
+TEST(Decoding, PromptTuningIsRefusedOnGenerativeModels) {
+  for (const char* arch : {"gpt2", "gptj", "bart", "mbart", "t5"}) {
+    AdapterModel model = load_pretrained(model_dir(arch));
+    EXPECT_NE(error_of([&] { model->add_adapter("p", "prompt_tuning"); }).find("cached generation step"), std::string::npos)
+        << arch;
+    EXPECT_FALSE(model->has_adapter("p")) << arch;
+  }
+}
+
 // MT5: T5's code with a gated-GELU feed-forward (wi_0 plain, wi_1 adapted) and untied embeddings.
 TEST(Decoding, Mt5GatedFeedForwardGeneratesWithTheCache) {
   json raw = json::parse(io::read_text_file(model_dir("t5") / "config.json"));
