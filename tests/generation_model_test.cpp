@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "adapters/generate.h"
+#include "adapters/models/seq2seq.h"
 #include "test_util.h"
 
 namespace adapters::test {
@@ -226,6 +227,27 @@ INSTANTIATE_TEST_SUITE_P(Generative, StaticLmHead,
                                            StaticLmCase{"bart", "BartForConditionalGeneration", "", "seq2seq_lm"},
                                            StaticLmCase{"t5", "T5ForConditionalGeneration", "transformer.", "seq2seq_lm"}),
                          [](const auto& info) { return info.param.arch; });
+
+// Labels without decoder inputs are shifted right into them (T5, and BART as its
+// ForConditionalGeneration does): the loss equals the one with those decoder inputs given.
+TEST(Decoding, LabelsBecomeTheDecoderInputsShiftedRight) {
+  for (const char* arch : {"bart", "t5"}) {
+    AdapterModel model = generative_model(arch, "lora", "a");
+    model->eval();
+    const auto [ids, mask] = prompts(arch);
+    const torch::Tensor labels = torch::tensor({{7, 8, 9, 2}, {10, 11, 2, -100}}, torch::kLong);
+    ForwardOptions options;
+    options.head_inputs["labels"] = labels;
+    torch::NoGradGuard no_grad;
+    const auto from_labels = model->forward({ids, mask, torch::Tensor()}, options).loss;
+    models::ModelInputs explicit_inputs{ids, mask, torch::Tensor()};
+    const std::int64_t start = model->config().raw.at("decoder_start_token_id").get<std::int64_t>();
+    explicit_inputs.decoder_input_ids =
+        models::shift_tokens_right(labels, model->config().pad_token_id, start);
+    EXPECT_TRUE(torch::allclose(from_labels, model->forward(explicit_inputs, options).loss)) << arch;
+    EXPECT_EQ(explicit_inputs.decoder_input_ids[0][0].item<std::int64_t>(), start);
+  }
+}
 
 TEST(Decoding, PromptTuningIsRefusedOnGenerativeModels) {
   for (const char* arch : {"gpt2", "gptj", "bart", "mbart", "t5"}) {

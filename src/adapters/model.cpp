@@ -79,8 +79,8 @@ ModelInputs prepare_inputs(const ModelInputs& in, const torch::Device& device) {
 
 }  // namespace
 
-// Encoder-decoder models without decoder inputs: T5 derives them from the labels (shifted right),
-// BART from input_ids (in the base model), as the reference does.
+// Encoder-decoder models without decoder inputs derive them from the labels (shifted right) when
+// the architecture says so (ArchSpec::decoder_inputs_from_labels), else from input_ids.
 ModelInputs AdapterModelImpl::with_decoder_inputs(const ModelInputs& inputs, const ForwardOptions& options) const {
   if (arch_->kind != models::ArchKind::EncoderDecoder || inputs.decoder_input_ids.defined() || !arch_->decoder_inputs_from_labels) {
     return inputs;

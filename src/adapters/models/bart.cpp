@@ -234,6 +234,10 @@ ArchSpec bart_like(std::string model_type, std::string model_class, Norm norm) {
   spec.word_embeddings = "shared.weight";
   spec.kind = ArchKind::EncoderDecoder;
   spec.tied_keys = {{"encoder.embed_tokens.weight", "shared.weight"}, {"decoder.embed_tokens.weight", "shared.weight"}};
+  // Labels without decoder inputs are shifted into them, as BartForConditionalGeneration does (the
+  // reference's flexible-head BartAdapterModel would shift input_ids instead, teaching the decoder
+  // to copy the source; with decoder_input_ids given, as in its fixtures, both agree).
+  spec.decoder_inputs_from_labels = true;
   spec.static_heads = {
       {"ForConditionalGeneration", "seq2seq_lm", {{"layers", 1}, {"activation_function", nullptr}, {"bias", false}},
        {"lm_head"}},

@@ -54,7 +54,7 @@ struct ArchSpec {
   // alias loads the parameter only when the checkpoint lacks the canonical key.
   std::map<std::string, std::string> tied_keys;
   // Encoder-decoder models: labels given without decoder inputs become the decoder inputs,
-  // shifted right (T5); otherwise the base model shifts input_ids (BART).
+  // shifted right (T5, BART); otherwise the base model shifts input_ids.
   bool decoder_inputs_from_labels = false;
   // Decoder-only generation passes position ids counted over the attention mask (left padding
   // starts each row at 0), as HF's prepare_inputs_for_generation does; false where the

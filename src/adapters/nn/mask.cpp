@@ -40,7 +40,10 @@ Tensor build_attention_mask(const MaskSpec& s, torch::ScalarType dtype, const to
                    "), found ", s.padding.sizes());
   }
   const double lowest = lowest_value(dtype);
-  if (!s.causal && s.sliding_window <= 0) {
+  // One new token after the cache (a decoding step) sees every key by position: padding only.
+  const bool sees_all_positions = s.causal && s.query_length == 1 && s.key_length == s.past_length + 1 &&
+                                  (s.sliding_window <= 0 || s.sliding_window >= s.key_length);
+  if ((!s.causal && s.sliding_window <= 0) || sees_all_positions) {
     if (!s.padding.defined()) return Tensor();
     Tensor m = s.padding.to(dtype).unsqueeze(1).unsqueeze(2);  // (B,1,1,Tk)
     if (s.mask_padded_queries) {
