@@ -51,3 +51,28 @@ execute_process(COMMAND ${ADAPTERS} train ${common} --adapter-config lora --trai
 if(NOT rc EQUAL 1 OR NOT err MATCHES "malformed.jsonl:3")
   message(FATAL_ERROR "expected exit 1 naming malformed.jsonl:3, found ${rc}: ${err}")
 endif()
+# `pretrain --objective causal`: a tiny GPT-2 trained a few steps on a tiny corpus (packed blocks)
+# lowers its loss and saves the base model's weights; an encoder config is refused.
+set(lines "the cat sat on the mat ." "the dog ran to the park ." "john lives in new york ." "she went to paris today ."
+          "the movie was very good ." "he was born in london ." "the big dog was happy ." "we went to the city .")
+string(REPLACE ";" "\n" corpus "${lines};${lines};${lines};${lines}")
+file(WRITE ${OUT}/corpus.txt "${corpus}\n")
+set(gpt2 ${MODEL}/../gpt2/config.json)
+execute_process(COMMAND ${ADAPTERS} pretrain --objective causal --config ${gpt2} --tokenizer ${TOKENIZER}
+                        --corpus ${OUT}/corpus.txt --out ${OUT}/causal --max-steps 60 --batch-size 8 --max-length 16
+                        --lr 3e-3 --warmup-steps 5 --save-every 0 --threads 1
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0 OR NOT err MATCHES "first loss ([0-9.]+), final loss ([0-9.]+)")
+  message(FATAL_ERROR "adapters pretrain --objective causal exited ${rc}: ${out} ${err}")
+endif()
+set(first ${CMAKE_MATCH_1})
+set(final ${CMAKE_MATCH_2})
+if(NOT final LESS first OR NOT EXISTS ${OUT}/causal/model.safetensors)
+  message(FATAL_ERROR "causal pretraining: loss ${first} -> ${final}, weights saved: ${OUT}/causal/model.safetensors: ${err}")
+endif()
+execute_process(COMMAND ${ADAPTERS} pretrain --objective causal --config ${MODEL}/config.json --tokenizer ${TOKENIZER}
+                        --corpus ${OUT}/corpus.txt --out ${OUT}/causal-bert --max-steps 1 --threads 1
+                RESULT_VARIABLE rc OUTPUT_QUIET ERROR_VARIABLE err)
+if(NOT rc EQUAL 1 OR NOT err MATCHES "expected a decoder")
+  message(FATAL_ERROR "expected exit 1 naming a decoder for --objective causal on an encoder, found ${rc}: ${err}")
+endif()

@@ -636,6 +636,22 @@ TEST(TrainDataBatch, DynamicPaddingToTheLongest) {
   EXPECT_EQ(tb.labels, (std::vector<int64_t>{1, 1, kIgnoreIndex, kIgnoreIndex, 1, 1, 1, 1}));
 }
 
+TEST(TrainDataBatch, CausalLmTargetsAreTheTokensWithoutTokenTypes) {
+  const Dataset d = dataset_of(TaskKind::CausalLM, "{\"text\": \"the cat sat\"}\n{\"text\": \"the dog\", \"label\": \"ignored\"}\n");
+  EXPECT_EQ(parse_task_kind("causal_lm"), TaskKind::CausalLM);
+  EXPECT_FALSE(uses_label_map(TaskKind::CausalLM));
+  const FeatureSet set = make_features(tiny_tokenizer(), d, LabelMap(), max_length(32));
+  ASSERT_EQ(set.features.size(), 2u);
+  EXPECT_EQ(set.features[0].token_labels, set.features[0].rows[0].input_ids);
+  const Batch batch = collate(set, {1, 0});
+  const int64_t pad = token_id("[PAD]");
+  EXPECT_EQ(batch.shape(), (std::vector<int64_t>{2, 5}));
+  EXPECT_EQ(batch.labels, (std::vector<int64_t>{token_id("[CLS]"), token_id("the"), token_id("dog"), token_id("[SEP]"), kIgnoreIndex,
+                                                token_id("[CLS]"), token_id("the"), token_id("cat"), token_id("sat"), token_id("[SEP]")}));
+  EXPECT_EQ(batch.input_ids[4], pad);
+  EXPECT_TRUE(batch.token_type_ids.empty());  // GPT-2 would add the embedding of token type 0
+}
+
 TEST(TrainDataBatch, PlainAndShuffledPlans) {
   const FeatureSet set = features_of_lengths(std::vector<size_t>(10, 3));
   const auto plain = plan_batches(set, {4});

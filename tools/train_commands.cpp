@@ -1,19 +1,33 @@
 // Subcommands that train and use adapters on data: train, eval, predict, pretrain (masked-LM
-// pretraining of an encoder from a config), and demo (the main job: example adapters vs full
-// fine-tuning on the bundled dataset, written to results.json).
+// pretraining of an encoder, or causal-LM pretraining of a decoder, from a config), demo (the
+// main job: example adapters vs full fine-tuning on the bundled dataset, written to
+// results.json) and demo-generate (its generative half: adapters vs full fine-tuning of the
+// bundled decoder continuing texts of one topic, appended to results.json).
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdint>
 #include <fstream>
+#include <functional>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <random>
+#include <set>
+#include <sstream>
 #include <thread>
+#include <utility>
 #include <nlohmann/json.hpp>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "adapters/core/log.h"
+#include "adapters/generate.h"
 #include "adapters/hub/hub.h"
 #include "adapters/io/image.h"
 #include "adapters/model.h"
@@ -54,7 +68,7 @@ struct DataArgs {
     cmd->add_option("--test", test, "Test data")->check(CLI::ExistingFile);
     cmd->add_option("--task", task,
                     "sequence_classification, regression, multilabel, token_classification, question_answering, "
-                    "multiple_choice")
+                    "multiple_choice, causal_lm (the text continued: a decoder and its causal_lm head)")
         ->capture_default_str();
     cmd->add_option("--text-column", text_column, "Column of the text")->capture_default_str();
     cmd->add_option("--pair-column", pair_column, "Column of the second text of a pair");
@@ -111,6 +125,7 @@ std::pair<std::string, json> head_for(tr::TaskKind task, const tr::LabelMap& lab
     case tr::TaskKind::TokenClassification: return {"tagging", {{"num_labels", n}, {"id2label", id2label}}};
     case tr::TaskKind::QuestionAnswering: return {"question_answering", json::object()};
     case tr::TaskKind::MultipleChoice: return {"multiple_choice", {{"num_choices", 2}}};
+    case tr::TaskKind::CausalLM: return {"causal_lm", json::object()};
   }
   return {"classification", {{"num_labels", n}}};
 }
@@ -124,10 +139,12 @@ std::optional<tr::LabelMap> head_labels(const AdapterModel& model, const std::st
   return tr::LabelMap::from_label2id(label2id);
 }
 
+// Trainable parameters, a tensor tied under several names (LM head = word embeddings) once.
 std::int64_t trainable_parameters(const AdapterModel& model) {
   std::int64_t n = 0;
+  std::set<const void*> seen;
   for (const auto& p : model->parameters()) {
-    if (p.requires_grad()) n += p.numel();
+    if (p.requires_grad() && seen.insert(p.unsafeGetTensorImpl()).second) n += p.numel();
   }
   return n;
 }
@@ -208,6 +225,67 @@ struct TrainOutcome {
 // libtorch's intra-op pool may start with one thread: use every core.
 void use_all_cores() { torch::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))); }
 
+// glibc hands every block over its mmap threshold (at most 32 MB) back to the kernel when it is
+// freed, so each training step page-faults its large tensors (a causal LM's logits over the
+// vocabulary: 65 MB at 16 x 128 tokens) in anew: 3.5x slower steps for the tiny GPT-2 on one
+// core. Long training loops keep freed memory in the heap instead.
+void keep_freed_memory() {
+#ifdef __GLIBC__
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
+#endif
+}
+
+// Returns the freed heap to the kernel (what keep_freed_memory holds back), so that a peak-memory
+// measurement starts from the memory in use.
+void release_freed_memory() {
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
+}
+
+// `threads` intra-op threads (--threads), every core when 0.
+void use_threads(int threads) {
+  ADAPTERS_CHECK(threads >= 0, "--threads: expected 0 (every core) or a positive count, found ", threads);
+  if (threads == 0) return use_all_cores();
+  torch::set_num_threads(threads);
+}
+
+// A Trainer run measured: the median step time, the peak resident memory; the best checkpoint
+// (by validation) restored into the model afterwards.
+struct MeasuredRun {
+  tr::TrainResult result;
+  double step_ms = 0;
+  double peak_mb = 0;
+};
+
+MeasuredRun train_measured(AdapterModel& model, const tr::FeatureSet& train, const tr::FeatureSet* validation,
+                           tr::TrainerOptions options) {
+  MeasuredRun run;
+  // Step time: the median interval between optimizer steps (evaluations and checkpoints, which
+  // fall between epochs, land in the few longest intervals).
+  std::vector<double> intervals;
+  auto last = std::chrono::steady_clock::now();
+  options.on_step = [&](std::int64_t) {
+    const auto now = std::chrono::steady_clock::now();
+    intervals.push_back(std::chrono::duration<double, std::milli>(now - last).count());
+    last = now;
+  };
+  release_freed_memory();
+  reset_peak_memory();
+  run.result = tr::Trainer(options).train(model, train, validation);
+  run.peak_mb = peak_memory_mb();
+  if (intervals.size() > 1) {
+    intervals.erase(intervals.begin());  // the first interval includes the set-up
+    std::nth_element(intervals.begin(), intervals.begin() + static_cast<std::ptrdiff_t>(intervals.size() / 2), intervals.end());
+    run.step_ms = intervals[intervals.size() / 2];
+  }
+  if (!run.result.best_checkpoint.empty() && fs::exists(run.result.best_checkpoint / tr::kTrainableFile)) {
+    restore_checkpoint(model, run.result.best_checkpoint);
+  }
+  return run;
+}
+
 TrainOutcome run_training(const TrainArgs& a, const DataArgs& d) {
   use_all_cores();
   const fs::path model_dir = hub::resolve_model(a.model);
@@ -247,26 +325,10 @@ TrainOutcome run_training(const TrainArgs& a, const DataArgs& d) {
 
   TrainOutcome out;
   out.trainable = trainable_parameters(model);
-  // Step time: the median interval between optimizer steps (evaluations and checkpoints, which
-  // fall between epochs, land in the few longest intervals).
-  std::vector<double> intervals;
-  auto last = std::chrono::steady_clock::now();
-  options.on_step = [&](std::int64_t) {
-    const auto now = std::chrono::steady_clock::now();
-    intervals.push_back(std::chrono::duration<double, std::milli>(now - last).count());
-    last = now;
-  };
-  reset_peak_memory();
-  out.result = tr::Trainer(options).train(model, train, validation ? &*validation : nullptr);
-  out.peak_mb = peak_memory_mb();
-  if (intervals.size() > 1) {
-    intervals.erase(intervals.begin());  // the first interval includes the set-up
-    std::nth_element(intervals.begin(), intervals.begin() + static_cast<std::ptrdiff_t>(intervals.size() / 2), intervals.end());
-    out.step_ms = intervals[intervals.size() / 2];
-  }
-  if (!out.result.best_checkpoint.empty() && fs::exists(out.result.best_checkpoint / tr::kTrainableFile)) {
-    restore_checkpoint(model, out.result.best_checkpoint);
-  }
+  MeasuredRun run = train_measured(model, train, validation ? &*validation : nullptr, options);
+  out.result = std::move(run.result);
+  out.step_ms = run.step_ms;
+  out.peak_mb = run.peak_mb;
   if (test) out.test_metrics = tr::evaluate(*model, *test, options.batch_size, device, &data.test).metrics;
 
   out.saved = fs::path(a.output) / (a.full ? "model" : "adapter");
@@ -493,27 +555,41 @@ void add_predict(CLI::App& app) {
   });
 }
 
-// ---- pretrain (masked LM) -------------------------------------------------------------------
+// ---- pretrain (masked LM / causal LM) -------------------------------------------------------
 
 struct PretrainArgs {
   std::string config, tokenizer, corpus, out, init;
+  std::string objective = "masked";
   double minutes = 10, save_every_minutes = 10;
   std::int64_t warmup_steps = 500;
   std::int64_t max_steps = 0;
   std::size_t batch_size = 64, max_length = 128;
   double learning_rate = 1e-3, mask_probability = 0.15;
   std::uint64_t seed = 0;
+  int threads = 0;
 };
 
-// BERT's initialisation: N(0, 0.02) matrices and embeddings, zero biases, unit norms.
-void init_like_bert(AdapterModel& model, double std) {
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// A 1-D norm weight by its name: BERT's LayerNorm / layer_norm, GPT-2's ln_1 / ln_2 / ln_f.
+bool is_norm_weight(const std::string& name) {
+  const bool norm = name.find("LayerNorm") != std::string::npos || name.find("layer_norm") != std::string::npos ||
+                    name.find("ln_") != std::string::npos || name.find("norm") != std::string::npos;
+  return norm && ends_with(name, "weight");
+}
+
+// BERT's and GPT-2's initialisation: N(0, std) matrices and embeddings, zero biases, unit norm
+// weights; GPT-2 also scales the residual projections (c_proj) by 1/sqrt(2 * layers), as HF does.
+void init_weights(AdapterModel& model, double std) {
   torch::NoGradGuard no_grad;
+  const models::ModelConfig& c = model->config();
+  const double residual_std = std / std::sqrt(2.0 * static_cast<double>(c.num_hidden_layers));
   for (auto& item : model->named_parameters()) {
     auto& t = item.value();
-    if (t.dim() >= 2) t.normal_(0.0, std);
-    else if (item.key().find("LayerNorm") != std::string::npos || item.key().find("layer_norm") != std::string::npos)
-      t.fill_(item.key().size() > 6 && item.key().substr(item.key().size() - 6) == "weight" ? 1.0 : 0.0);
-    else t.zero_();
+    if (t.dim() >= 2) t.normal_(0.0, c.model_type == "gpt2" && ends_with(item.key(), "c_proj.weight") ? residual_std : std);
+    else t.fill_(is_norm_weight(item.key()) ? 1.0 : 0.0);
   }
 }
 
@@ -538,123 +614,237 @@ std::vector<std::vector<std::int64_t>> corpus_rows(const Tokenizer& tok, const f
   return rows;
 }
 
+// The corpus as GPT-2 is trained on it: every line as `bos tokens eos`, all lines one stream,
+// cut into blocks of `block` tokens (the last, shorter one dropped). No padding anywhere.
+std::vector<std::vector<std::int64_t>> corpus_blocks(const Tokenizer& tok, const fs::path& corpus, std::size_t block,
+                                                     std::int64_t bos, std::int64_t eos) {
+  std::ifstream in(corpus);
+  ADAPTERS_CHECK(in.good(), corpus.string(), ": cannot read the corpus");
+  std::vector<std::vector<std::int64_t>> blocks;
+  std::vector<std::int64_t> current;
+  auto push = [&](std::int64_t id) {
+    current.push_back(id);
+    if (current.size() == block) blocks.push_back(std::exchange(current, {}));
+  };
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    push(bos);
+    for (const auto id : tok.encode(line, /*add_special_tokens=*/false).ids) push(static_cast<std::int64_t>(id));
+    push(eos);
+  }
+  ADAPTERS_CHECK(!blocks.empty(), corpus.string(), ": fewer than --max-length ", block, " tokens in the corpus");
+  return blocks;
+}
+
+// A config token id (bos_token_id, eos_token_id) when config.json gives one, else the tokenizer's.
+std::int64_t config_token(const models::ModelConfig& config, const char* key, const Tokenizer& tok, const char* token) {
+  if (config.raw.contains(key) && config.raw[key].is_number_integer()) return config.raw[key].get<std::int64_t>();
+  const auto id = tok.token_to_id(token);
+  ADAPTERS_CHECK(id.has_value(), "pretrain: config.json has no '", key, "' and the tokenizer no ", token, " token");
+  return *id;
+}
+
+// One pretraining objective: the loss of step `step` (a fresh batch each call).
+using PretrainStep = std::function<torch::Tensor(std::int64_t step)>;
+
+// Masked LM: random rows, padded; a share of the tokens masked (80% <mask>, 10% random, 10% kept);
+// the vocabulary projection only at the masked positions.
+PretrainStep masked_lm_step(AdapterModel& model, const PretrainArgs& a, const Tokenizer& tok) {
+  const auto mask_id = tok.token_to_id("<mask>");
+  ADAPTERS_CHECK(mask_id.has_value(), a.tokenizer, ": the tokenizer has no <mask> token (needed by --objective masked)");
+  const std::int64_t bos = tok.token_to_id("<s>").value_or(0), eos = tok.token_to_id("</s>").value_or(2);
+  auto rows = std::make_shared<const std::vector<std::vector<std::int64_t>>>(corpus_rows(tok, a.corpus, a.max_length));
+  std::cerr << "pretrain: " << rows->size() << " rows from " << a.corpus << '\n';
+  model->add_head("mlm", "masked_lm");
+  const std::int64_t pad = model->config().pad_token_id, vocab = model->config().vocab_size;
+  auto rng = std::make_shared<std::mt19937_64>(a.seed);
+  return [&model, rows, rng, a, pad, vocab, bos, eos, mask = *mask_id](std::int64_t) {
+    std::vector<const std::vector<std::int64_t>*> batch;
+    std::size_t longest = 0;
+    for (std::size_t i = 0; i < a.batch_size; ++i) {
+      batch.push_back(&(*rows)[(*rng)() % rows->size()]);
+      longest = std::max(longest, batch.back()->size() + 2);
+    }
+    const auto B = static_cast<std::int64_t>(batch.size()), T = static_cast<std::int64_t>(longest);
+    torch::Tensor ids = torch::full({B, T}, pad, torch::kLong), attention = torch::zeros({B, T}, torch::kLong);
+    torch::Tensor labels = torch::full({B, T}, -100, torch::kLong);
+    auto id = ids.accessor<std::int64_t, 2>();
+    auto m = attention.accessor<std::int64_t, 2>();
+    auto l = labels.accessor<std::int64_t, 2>();
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    for (std::int64_t b = 0; b < B; ++b) {
+      const auto& row = *batch[static_cast<std::size_t>(b)];
+      id[b][0] = bos;
+      for (std::size_t j = 0; j < row.size(); ++j) id[b][static_cast<std::int64_t>(j) + 1] = row[j];
+      id[b][static_cast<std::int64_t>(row.size()) + 1] = eos;
+      for (std::int64_t j = 0; j < static_cast<std::int64_t>(row.size()) + 2; ++j) m[b][j] = 1;
+      for (std::int64_t j = 1; j <= static_cast<std::int64_t>(row.size()); ++j) {
+        if (u(*rng) >= a.mask_probability) continue;
+        l[b][j] = id[b][j];
+        const double r = u(*rng);
+        if (r < 0.8) id[b][j] = mask;
+        else if (r < 0.9) id[b][j] = 4 + static_cast<std::int64_t>((*rng)() % static_cast<std::uint64_t>(vocab - 5));
+      }
+    }
+    ForwardOptions options;
+    options.skip_heads = true;
+    const ModelOutput out = model->forward({ids, attention, torch::Tensor()}, options);
+    const torch::Tensor picked = labels.ne(-100);
+    heads::HeadInputs head_in;
+    head_in.hidden = out.last_hidden_state.index({picked}).unsqueeze(0);  // (1,M,C)
+    head_in.extra["labels"] = labels.index({picked}).unsqueeze(0);        // (1,M)
+    return model->head("mlm").forward(head_in).loss;
+  };
+}
+
+// Causal LM: blocks of the token stream in a seeded order, reshuffled every pass; each token
+// predicted from the ones before it (the causal_lm head shifts the labels).
+PretrainStep causal_lm_step(AdapterModel& model, const PretrainArgs& a, const Tokenizer& tok) {
+  const models::ModelConfig& c = model->config();
+  ADAPTERS_CHECK(model->arch().kind == models::ArchKind::Decoder, "pretrain --objective causal: ", a.config,
+                 " is a '", c.model_type, "' model; expected a decoder (gpt2, gptj)");
+  ADAPTERS_CHECK(static_cast<std::int64_t>(a.max_length) <= c.max_position_embeddings, "--max-length: expected at most the ",
+                 c.max_position_embeddings, " positions of ", a.config, " (n_positions), found ", a.max_length);
+  const std::int64_t bos = config_token(c, "bos_token_id", tok, "<s>"), eos = config_token(c, "eos_token_id", tok, "</s>");
+  auto blocks = std::make_shared<const std::vector<std::vector<std::int64_t>>>(corpus_blocks(tok, a.corpus, a.max_length, bos, eos));
+  std::cerr << "pretrain: " << blocks->size() << " blocks of " << a.max_length << " tokens from " << a.corpus << '\n';
+  model->add_head("lm", "causal_lm");  // tied to the word embeddings (tie_word_embeddings)
+  // The order of the blocks in the pass being drawn from: (pass, permutation).
+  auto order = std::make_shared<std::pair<std::size_t, std::vector<std::size_t>>>(SIZE_MAX, std::vector<std::size_t>());
+  return [&model, blocks, order, a](std::int64_t step) {
+    const auto B = static_cast<std::int64_t>(a.batch_size), T = static_cast<std::int64_t>(a.max_length);
+    const std::size_t n = blocks->size();
+    std::vector<std::int64_t> flat;
+    flat.reserve(static_cast<std::size_t>(B * T));
+    for (std::int64_t i = 0; i < B; ++i) {
+      const std::size_t k = static_cast<std::size_t>(step * B + i);  // the k-th block drawn
+      if (order->first != k / n) *order = {k / n, tr::seeded_permutation(n, a.seed + k / n)};
+      const auto& block = (*blocks)[order->second[k % n]];
+      flat.insert(flat.end(), block.begin(), block.end());
+    }
+    const torch::Tensor ids = torch::tensor(flat, torch::kLong).view({B, T});
+    ForwardOptions options;
+    options.head = "lm";
+    options.head_inputs["labels"] = ids;  // no padding in a block: every position is a target
+    return model->forward({ids, torch::ones_like(ids), torch::Tensor()}, options).loss;
+  };
+}
+
+// The model to pretrain: from the config's initialisation, or continued from --init.
+AdapterModel pretrain_model(const PretrainArgs& a, const models::ModelConfig& config) {
+  torch::manual_seed(a.seed);
+  AdapterModel model = a.init.empty() ? AdapterModel(config) : load_pretrained(a.init);
+  ADAPTERS_CHECK(model->config().hidden_size == config.hidden_size && model->config().vocab_size == config.vocab_size &&
+                     model->config().num_hidden_layers == config.num_hidden_layers,
+                 a.init, ": --init model does not have the shape of ", a.config,
+                 " (hidden size, vocabulary and layer count must match)");
+  for (const auto& name : model->head_names()) model->delete_head(name);  // a converted static head
+  return model;
+}
+
+// Steps the objective until --max-steps (or the --minutes budget) with AdamW (decay 0.01, none
+// on biases and norms), linear warm-up then linear decay to 10%, clipping at 1.0; saves the base
+// model's weights every --save-every minutes and at the end.
+void run_pretraining(const PretrainArgs& a) {
+  use_threads(a.threads);
+  keep_freed_memory();
+  const Tokenizer tok = Tokenizer::from_pretrained(a.tokenizer);
+  const models::ModelConfig config = models::load_model_config(a.config);
+  AdapterModel model = pretrain_model(a, config);
+  const bool causal = a.objective == "causal";
+  const PretrainStep loss_of = causal ? causal_lm_step(model, a, tok) : masked_lm_step(model, a, tok);
+  const std::string head = causal ? "lm" : "mlm";
+  if (a.init.empty()) {
+    init_weights(model, config.initializer_range);
+  } else {
+    std::cerr << "pretrain: continuing from " << a.init << " (the " << head << " head's own layers start fresh)\n";
+  }
+  model->train();
+  const auto groups = tr::trainable_parameter_groups(*model);
+  std::vector<torch::Tensor> trainable;
+  for (const auto* group : {&groups.decay, &groups.no_decay}) {
+    for (const auto& item : *group) trainable.push_back(item.second);
+  }
+  auto optimizer = tr::make_adamw(groups, a.learning_rate, 0.01);
+  const std::int64_t warmup = std::max<std::int64_t>(1, a.warmup_steps);
+  const auto start = std::chrono::steady_clock::now();
+  double last_save = 0, smoothed = 0, first = 0;
+  const std::int64_t planned = a.max_steps > 0 ? a.max_steps : 1000000;
+  std::vector<double> losses;
+  std::int64_t step = 0;
+  for (; step < planned; ++step) {
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (a.max_steps == 0 && elapsed > a.minutes * 60) break;
+    // Linear warm-up, then linear decay to 10% over the budget (time or steps).
+    const double progress = a.max_steps > 0 ? static_cast<double>(step) / static_cast<double>(a.max_steps)
+                                            : elapsed / (a.minutes * 60);
+    tr::set_learning_rate(*optimizer, a.learning_rate * std::min(1.0, static_cast<double>(step + 1) / warmup) *
+                                          (1.0 - 0.9 * std::min(1.0, progress)));
+    const torch::Tensor loss = loss_of(step);
+    optimizer->zero_grad();
+    loss.backward();
+    torch::nn::utils::clip_grad_norm_(trainable, 1.0);
+    optimizer->step();
+    const double value = loss.item<double>();
+    losses.push_back(value);
+    if (step == 0) first = value;
+    smoothed = step == 0 ? value : 0.98 * smoothed + 0.02 * value;
+    if (step % 100 == 0) std::cerr << "pretrain: step " << step << " loss " << smoothed << " (" << elapsed << " s)\n";
+    if (a.save_every_minutes > 0 && elapsed - last_save > a.save_every_minutes * 60) {
+      save_base_model(model, a.out);  // written to a temporary file, then renamed
+      last_save = elapsed;
+      std::cerr << "pretrain: saved at step " << step << '\n';
+    }
+  }
+  model->delete_head(head);
+  save_base_model(model, a.out);
+  // The final loss: the mean of the last tenth of the steps (at most 100), less noisy than one step.
+  const std::size_t tail = std::clamp<std::size_t>(losses.size() / 10, 1, 100);
+  double final_loss = 0;
+  for (std::size_t i = losses.size() - std::min(tail, losses.size()); i < losses.size(); ++i) final_loss += losses[i];
+  final_loss /= static_cast<double>(std::max<std::size_t>(1, std::min(tail, losses.size())));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::cerr << "pretrain: " << step << " steps in " << seconds << " s, first loss " << first << ", final loss " << final_loss
+            << " (mean of the last " << std::min(tail, losses.size()) << " steps), saved "
+            << (fs::path(a.out) / "model.safetensors").string() << '\n';
+}
+
 void add_pretrain(CLI::App& app) {
   auto a = std::make_shared<PretrainArgs>();
-  CLI::App* cmd = app.add_subcommand("pretrain", "Pretrain an encoder from a config.json with masked-LM training");
-  cmd->add_option("--config", a->config, "config.json of the encoder")->required()->check(CLI::ExistingFile);
+  CLI::App* cmd = app.add_subcommand(
+      "pretrain", "Pretrain a model from a config.json: an encoder with masked-LM training, a decoder with causal-LM training");
+  cmd->add_option("--config", a->config, "config.json of the model")->required()->check(CLI::ExistingFile);
   cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer folder")->required()->check(CLI::ExistingDirectory);
   cmd->add_option("--corpus", a->corpus, "Text corpus, one passage per line")->required()->check(CLI::ExistingFile);
   cmd->add_option("--out", a->out, "Where model.safetensors goes (beside the config)")->required();
+  cmd->add_option("--objective", a->objective,
+                  "masked (an encoder: masked LM on padded rows) or causal (a decoder such as gpt2: next-token "
+                  "prediction on packed blocks of --max-length tokens)")
+      ->check(CLI::IsMember({"masked", "causal"}))
+      ->capture_default_str();
   cmd->add_option("--minutes", a->minutes, "Training time budget")->capture_default_str();
   cmd->add_option("--max-steps", a->max_steps, "Stop after N steps (0: the time budget decides)");
   cmd->add_option("--batch-size", a->batch_size, "Rows per step")->capture_default_str();
-  cmd->add_option("--max-length", a->max_length, "Tokens per row")->capture_default_str();
+  cmd->add_option("--max-length", a->max_length, "Tokens per row (causal: per block)")->capture_default_str();
   cmd->add_option("--lr", a->learning_rate, "Peak learning rate")->capture_default_str();
   cmd->add_option("--seed", a->seed, "Seed (use a new one when continuing with --init)")->capture_default_str();
   cmd->add_option("--init", a->init, "Continue from the weights of this model folder (same config)")
       ->check(CLI::ExistingDirectory);
-  cmd->add_option("--mask-probability", a->mask_probability, "Share of tokens masked")
+  cmd->add_option("--mask-probability", a->mask_probability, "Share of tokens masked (--objective masked)")
       ->check(CLI::Range(0.01, 0.9))
       ->capture_default_str();
   cmd->add_option("--warmup-steps", a->warmup_steps, "Linear learning-rate warm-up")->capture_default_str();
   cmd->add_option("--save-every", a->save_every_minutes, "Save the weights every N minutes (0: only at the end)")
       ->capture_default_str();
-  cmd->callback([a] {
-    const Tokenizer tok = Tokenizer::from_pretrained(a->tokenizer);
-    const auto mask_id = tok.token_to_id("<mask>");
-    ADAPTERS_CHECK(mask_id.has_value(), a->tokenizer, ": the tokenizer has no <mask> token");
-    const std::int64_t bos = tok.token_to_id("<s>").value_or(0), eos = tok.token_to_id("</s>").value_or(2);
-    const auto rows = corpus_rows(tok, a->corpus, a->max_length);
-    std::cerr << "pretrain: " << rows.size() << " rows from " << a->corpus << '\n';
-
-    use_all_cores();
-    torch::manual_seed(a->seed);
-    const models::ModelConfig config = models::load_model_config(a->config);
-    AdapterModel model = a->init.empty() ? AdapterModel(config) : load_pretrained(a->init);
-    ADAPTERS_CHECK(model->config().hidden_size == config.hidden_size && model->config().vocab_size == config.vocab_size &&
-                       model->config().num_hidden_layers == config.num_hidden_layers,
-                   a->init, ": --init model does not have the shape of ", a->config,
-                   " (hidden size, vocabulary and layer count must match)");
-    model->add_head("mlm", "masked_lm");
-    if (a->init.empty()) {
-      init_like_bert(model, config.initializer_range);
-    } else {
-      std::cerr << "pretrain: continuing from " << a->init << " (the MLM head transform starts fresh)\n";
-    }
-    model->train();
-    const auto groups = tr::trainable_parameter_groups(*model);
-    auto optimizer = tr::make_adamw(groups, a->learning_rate, 0.01);
-    const std::int64_t pad = config.pad_token_id, vocab = config.vocab_size;
-    std::mt19937_64 rng(a->seed);
-    const std::int64_t warmup = std::max<std::int64_t>(1, a->warmup_steps);
-    const auto start = std::chrono::steady_clock::now();
-    double last_save = 0;
-    const std::int64_t planned = a->max_steps > 0 ? a->max_steps : 1000000;
-    double smoothed = 0;
-    std::int64_t step = 0;
-    for (; step < planned; ++step) {
-      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      if (a->max_steps == 0 && elapsed > a->minutes * 60) break;
-      // A batch of random rows, padded; 15% of the tokens masked (80% <mask>, 10% random, 10% kept).
-      std::vector<const std::vector<std::int64_t>*> batch;
-      std::size_t longest = 0;
-      for (std::size_t i = 0; i < a->batch_size; ++i) {
-        batch.push_back(&rows[rng() % rows.size()]);
-        longest = std::max(longest, batch.back()->size() + 2);
-      }
-      const auto B = static_cast<std::int64_t>(batch.size()), T = static_cast<std::int64_t>(longest);
-      torch::Tensor ids = torch::full({B, T}, pad, torch::kLong), mask = torch::zeros({B, T}, torch::kLong);
-      torch::Tensor labels = torch::full({B, T}, -100, torch::kLong);
-      auto id = ids.accessor<std::int64_t, 2>();
-      auto m = mask.accessor<std::int64_t, 2>();
-      auto l = labels.accessor<std::int64_t, 2>();
-      std::uniform_real_distribution<double> u(0.0, 1.0);
-      for (std::int64_t b = 0; b < B; ++b) {
-        const auto& row = *batch[static_cast<std::size_t>(b)];
-        id[b][0] = bos;
-        for (std::size_t j = 0; j < row.size(); ++j) id[b][static_cast<std::int64_t>(j) + 1] = row[j];
-        id[b][static_cast<std::int64_t>(row.size()) + 1] = eos;
-        for (std::int64_t j = 0; j < static_cast<std::int64_t>(row.size()) + 2; ++j) m[b][j] = 1;
-        for (std::int64_t j = 1; j <= static_cast<std::int64_t>(row.size()); ++j) {
-          if (u(rng) >= a->mask_probability) continue;
-          l[b][j] = id[b][j];
-          const double r = u(rng);
-          if (r < 0.8) id[b][j] = *mask_id;
-          else if (r < 0.9) id[b][j] = 4 + static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(vocab - 5));
-        }
-      }
-      // Linear warm-up, then linear decay to 10% over the budget (time or steps).
-      const double progress = a->max_steps > 0 ? static_cast<double>(step) / static_cast<double>(a->max_steps)
-                                               : elapsed / (a->minutes * 60);
-      tr::set_learning_rate(*optimizer, a->learning_rate * std::min(1.0, static_cast<double>(step + 1) / warmup) *
-                                            (1.0 - 0.9 * std::min(1.0, progress)));
-      // The vocabulary projection only at the masked positions.
-      ForwardOptions options;
-      options.skip_heads = true;
-      const ModelOutput out = model->forward({ids, mask, torch::Tensor()}, options);
-      const torch::Tensor picked = labels.ne(-100);
-      heads::HeadInputs head_in;
-      head_in.hidden = out.last_hidden_state.index({picked}).unsqueeze(0);  // (1,M,C)
-      head_in.extra["labels"] = labels.index({picked}).unsqueeze(0);        // (1,M)
-      const torch::Tensor loss = model->head("mlm").forward(head_in).loss;
-      optimizer->zero_grad();
-      loss.backward();
-      torch::nn::utils::clip_grad_norm_(model->parameters(), 1.0);
-      optimizer->step();
-      const double value = loss.item<double>();
-      smoothed = step == 0 ? value : 0.98 * smoothed + 0.02 * value;
-      if (step % 100 == 0) std::cerr << "pretrain: step " << step << " loss " << smoothed << " (" << elapsed << " s)\n";
-      if (a->save_every_minutes > 0 && elapsed - last_save > a->save_every_minutes * 60) {
-        save_base_model(model, a->out);  // written to a temporary file, then renamed
-        last_save = elapsed;
-        std::cerr << "pretrain: saved at step " << step << '\n';
-      }
-    }
-    model->delete_head("mlm");
-    save_base_model(model, a->out);
-    std::cerr << "pretrain: " << step << " steps, final loss " << smoothed << ", saved " << (fs::path(a->out) / "model.safetensors").string()
-              << '\n';
-  });
+  cmd->add_option("--threads", a->threads, "CPU threads (0: every core)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->footer(
+      "Examples:\n"
+      "  adapters pretrain --config assets/tiny-encoder/config.json --tokenizer assets/tiny-encoder \\\n"
+      "      --corpus build/corpus/corpus.txt --out build/pretrain/enc --max-steps 1660 --batch-size 32 --max-length 96\n"
+      "  adapters pretrain --objective causal --config assets/tiny-gpt2/config.json --tokenizer assets/tiny-gpt2 \\\n"
+      "      --corpus build/corpus/corpus.txt --out build/pretrain/gpt2 --max-steps 2000 --batch-size 16 --threads 1");
+  cmd->callback([a] { run_pretraining(*a); });
 }
 
 // ---- demo: the main job ---------------------------------------------------------------------
@@ -770,6 +960,293 @@ void add_demo(CLI::App& app) {
   });
 }
 
+// ---- demo-generate: the generative half of the main job -------------------------------------
+
+struct GenerationDemoArgs {
+  std::string model = "assets/tiny-gpt2", data = "build/demo/data", out = "build/demo", topic = "politics";
+  std::vector<std::string> methods{"full", "seq_bn", "lora", "prefix_tuning"};
+  std::int64_t epochs = 8;
+  std::size_t batch_size = 16;
+  std::size_t samples = 3, prompt_words = 3;
+  std::int64_t max_new_tokens = 24;
+  std::uint64_t seed = 42;
+  int threads = 0;
+};
+
+struct GenerationMethod {
+  std::string adapter_config;  // empty: full fine-tuning
+  double learning_rate;
+};
+
+const std::map<std::string, GenerationMethod>& generation_methods() {
+  static const std::map<std::string, GenerationMethod> methods = {
+      {"full", {"", 3e-4}},
+      {"seq_bn", {"seq_bn[reduction_factor=16]", 3e-3}},
+      {"lora", {"lora[r=8,alpha=16,selfattn_lora=True,intermediate_lora=True,output_lora=True]", 3e-3}},
+      {"prefix_tuning", {"prefix_tuning[prefix_length=16,bottleneck_size=128]", 3e-3}},
+      {"ia3", {"ia3", 1e-2}},
+  };
+  return methods;
+}
+
+// The texts of one topic of a {text, label} file, as a causal-LM dataset.
+tr::Dataset topic_texts(const fs::path& file, const std::string& topic) {
+  const tr::Dataset labelled = tr::read_dataset(file, tr::ReadOptions{});
+  tr::Dataset texts;
+  texts.source = file.string();
+  texts.task = tr::TaskKind::CausalLM;
+  std::set<std::string> labels;
+  for (const auto& e : labelled.examples) {
+    labels.insert(e.labels.front());
+    if (e.labels.front() != topic) continue;
+    tr::Example text;
+    text.line = e.line;
+    text.text = e.text;
+    texts.examples.push_back(std::move(text));
+  }
+  std::string known;
+  for (const auto& l : labels) known += (known.empty() ? "" : ", ") + l;
+  ADAPTERS_CHECK(!texts.examples.empty(), "--topic: expected a label of ", file.string(), " (", known, "), found '", topic, "'");
+  return texts;
+}
+
+// The decoder with the method set up for training: an adapter (the base and its tied LM head
+// frozen) or the whole model.
+AdapterModel generation_model(const fs::path& dir, const std::string& method, const GenerationMethod& m, std::uint64_t seed) {
+  torch::manual_seed(seed);
+  AdapterModel model = load_pretrained(dir);
+  const auto& head = model->active_head();
+  ADAPTERS_CHECK(head && head->is_adapter() && model->head(head->name).type() == "causal_lm", dir.string(),
+                 ": expected a causal-LM model folder (config.json \"architectures\": [\"GPT2LMHeadModel\"]), found no "
+                 "active causal_lm head");
+  if (m.adapter_config.empty()) {
+    model->freeze_model(false);
+    model->train();
+  } else {
+    model->add_adapter(method, m.adapter_config);
+    model->train_adapter(method);  // the LM head stays the pretrained one
+  }
+  return model;
+}
+
+// The tokens a feature set predicts (every token after the first of each text).
+std::int64_t predicted_tokens(const tr::FeatureSet& features) {
+  std::int64_t n = 0;
+  for (const auto& f : features.features) n += static_cast<std::int64_t>(f.length()) - 1;
+  return n;
+}
+
+struct Sample {
+  std::string prompt, text;
+};
+
+// The first `words` words of the first `n` texts.
+std::vector<std::string> sample_prompts(const tr::Dataset& texts, std::size_t n, std::size_t words) {
+  std::vector<std::string> prompts;
+  for (std::size_t i = 0; i < n && i < texts.examples.size(); ++i) {
+    std::istringstream in(texts.examples[i].text);
+    std::string word, prompt;
+    for (std::size_t w = 0; w < words && in >> word; ++w) prompt += (prompt.empty() ? "" : " ") + word;
+    prompts.push_back(prompt);
+  }
+  return prompts;
+}
+
+// Each prompt (after the model's bos token, as the texts were trained) continued with generate();
+// the text is the decoded prompt and continuation.
+std::vector<Sample> generate_samples(AdapterModel& model, const Tokenizer& tok, const std::vector<std::string>& prompts,
+                                     const generation::GenerationConfig& config) {
+  model->eval();
+  std::vector<Sample> samples;
+  for (const auto& prompt : prompts) {
+    std::vector<std::int64_t> ids;
+    if (config.bos_token_id) ids.push_back(*config.bos_token_id);
+    for (const auto id : tok.encode(prompt, /*add_special_tokens=*/false).ids) ids.push_back(static_cast<std::int64_t>(id));
+    const torch::Tensor input = torch::tensor(ids, torch::kLong).unsqueeze(0);
+    const torch::Tensor row = generate(*model, input, torch::Tensor(), config).sequences[0].to(torch::kCPU);
+    std::vector<std::uint32_t> out;
+    for (std::int64_t i = 0; i < row.size(0); ++i) out.push_back(static_cast<std::uint32_t>(row[i].item<std::int64_t>()));
+    samples.push_back({prompt, tok.decode(out, /*skip_special_tokens=*/true)});
+  }
+  return samples;
+}
+
+// Saves what a method trained: the adapter alone (the LM head is the model's own) or, for full
+// fine-tuning, a complete model folder (config, weights, tokenizer, generation_config.json) that
+// `adapters generate --model` runs. Returns the bytes of the trained weights and their config.
+std::uintmax_t save_generation_run(const AdapterModel& model, const std::string& method, const fs::path& run,
+                                   const fs::path& model_dir) {
+  const fs::path dir = run / (method == "full" ? "model" : "adapter");
+  fs::remove_all(dir);  // nothing of an earlier run counted
+  if (method != "full") {
+    model->save_adapter(dir, method, /*with_head=*/false);
+    return folder_bytes(dir);
+  }
+  save_base_model(model, dir);
+  io::write_file_atomic(dir / "config.json", model->config().raw.dump(2));
+  const std::uintmax_t bytes = folder_bytes(dir);
+  for (const char* file : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.bpe.model",
+                           "generation_config.json"}) {
+    if (fs::exists(model_dir / file)) fs::copy_file(model_dir / file, dir / file, fs::copy_options::overwrite_existing);
+  }
+  return bytes;
+}
+
+// results.json with its generation rows replaced by `rows`; every other row is kept as it is.
+void merge_generation_results(const fs::path& file, const json& rows) {
+  json all = json::array();
+  if (fs::exists(file)) {
+    const json old = parse_json_file_text(io::read_text_file(file), file.string());
+    ADAPTERS_CHECK(old.is_array(), file.string(), ": expected a JSON array of result rows, found ", old.type_name());
+    for (const auto& r : old) {
+      if (!(r.is_object() && r.value("task", "") == "generation")) all.push_back(r);
+    }
+  }
+  for (const auto& r : rows) all.push_back(r);
+  io::write_file_atomic(file, all.dump(2));
+}
+
+void print_generation_table(const json& rows, const GenerationDemoArgs& a, std::size_t train_texts, std::size_t test_texts,
+                            std::int64_t test_tokens, double base_params, double pretrained_ppl,
+                            const std::vector<Sample>& pretrained_samples) {
+  std::cout << "\nContinuing '" << a.topic << "' fortunes with " << a.model << " (" << train_texts << " train / " << test_texts
+            << " test texts, " << test_tokens << " test tokens); held-out perplexity of the pretrained model " << std::fixed
+            << std::setprecision(1) << pretrained_ppl << "\n\n"
+            << std::left << std::setw(15) << "method" << std::right << std::setw(12) << "trainable" << std::setw(9) << "%"
+            << std::setw(12) << "perplexity" << std::setw(10) << "step ms" << std::setw(10) << "peak MB" << std::setw(12)
+            << "disk bytes" << '\n';
+  for (const auto& r : rows) {
+    std::cout << std::left << std::setw(15) << r["method"].get<std::string>() << std::right << std::setw(12)
+              << r["trainable_params"].get<std::int64_t>() << std::setw(8) << std::setprecision(2)
+              << 100.0 * r["trainable_params"].get<double>() / base_params << "%" << std::setprecision(1) << std::setw(12)
+              << r["perplexity"].get<double>() << std::setw(10) << r["step_ms"].get<double>() << std::setw(10)
+              << r["peak_mb"].get<double>() << std::setw(12) << r["adapter_bytes"].get<std::uintmax_t>() << '\n';
+  }
+  std::cout << "\nSamples (the first " << a.prompt_words << " words of test texts continued; seeded sampling, seed " << a.seed
+            << "):\n";
+  for (std::size_t i = 0; i < pretrained_samples.size(); ++i) {
+    std::cout << "  prompt \"" << pretrained_samples[i].prompt << "\"\n    " << std::left << std::setw(14) << "pretrained"
+              << pretrained_samples[i].text << '\n';
+    for (const auto& r : rows) {
+      std::cout << "    " << std::setw(14) << r["method"].get<std::string>() << r["samples"][i]["text"].get<std::string>() << '\n';
+    }
+  }
+  std::cout << std::right << "\nresults: " << (fs::path(a.out) / "results.json").string() << " (rows with \"task\": \"generation\")\n";
+}
+
+// What every method of the generative demo shares: the topic's texts and features per split,
+// the sampling options and the prompts of the samples.
+struct GenerationDemo {
+  fs::path model_dir;
+  Tokenizer tok;
+  std::map<std::string, tr::Dataset> texts;  // "train", "validation", "test"
+  std::map<std::string, tr::FeatureSet> features;
+  generation::GenerationConfig sampling;
+  std::vector<std::string> prompts;
+};
+
+GenerationDemo prepare_generation_demo(const GenerationDemoArgs& a, const AdapterModel& base) {
+  const fs::path model_dir = hub::resolve_model(a.model);
+  GenerationDemo d{model_dir, Tokenizer::from_pretrained(model_dir), {}, {}, {}, {}};
+  tr::FeatureOptions fo;
+  fo.max_length = static_cast<std::size_t>(base->config().max_position_embeddings);
+  for (const char* name : {"train", "validation", "test"}) {
+    const fs::path file = fs::path(a.data) / (std::string(name) + ".jsonl");
+    ADAPTERS_CHECK(fs::exists(file), file.string(), ": missing (make the dataset with scripts/make-dataset ", a.data, ")");
+    d.texts[name] = topic_texts(file, a.topic);
+    d.features[name] = tr::make_features(d.tok, d.texts[name], {}, fo);
+  }
+  d.sampling = load_generation_config(model_dir, base->config());
+  d.sampling.do_sample = true;  // with the folder's top-k / top-p / temperature, reproducible by the seed
+  d.sampling.max_new_tokens = a.max_new_tokens;
+  d.sampling.max_length.reset();
+  d.sampling.seed = a.seed;
+  d.prompts = sample_prompts(d.texts["test"], a.samples, a.prompt_words);
+  return d;
+}
+
+// Trains one method, measures it on the test texts, generates its samples and saves it: its
+// results.json row.
+json train_generation_method(const GenerationDemoArgs& a, GenerationDemo& d, const std::string& method,
+                             double pretrained_ppl) {
+  const GenerationMethod& m = generation_methods().at(method);
+  AdapterModel model = generation_model(d.model_dir, method, m, a.seed);
+  const fs::path run = fs::path(a.out) / "generation" / method;
+  tr::TrainerOptions o;
+  o.output_dir = run;
+  o.epochs = a.epochs;
+  o.batch_size = a.batch_size;
+  o.learning_rate = m.learning_rate;
+  o.warmup_ratio = 0.1;
+  o.metric_for_best = "loss";
+  o.bucket_by_length = true;
+  o.overwrite = true;
+  o.show_progress = false;
+  o.seed = a.seed;
+  const std::int64_t trainable = trainable_parameters(model);
+  const MeasuredRun measured = train_measured(model, d.features["train"], &d.features["validation"], o);
+  const double ppl = tr::evaluate(*model, d.features["test"], 32, torch::kCPU).metrics.at("perplexity");
+  json samples = json::array();
+  for (const auto& s : generate_samples(model, d.tok, d.prompts, d.sampling)) samples.push_back({{"prompt", s.prompt}, {"text", s.text}});
+  return {{"task", "generation"},
+          {"method", method},
+          {"topic", a.topic},
+          {"trainable_params", trainable},
+          {"perplexity", ppl},
+          {"pretrained_perplexity", pretrained_ppl},
+          {"test_tokens", predicted_tokens(d.features["test"])},
+          {"steps", measured.result.global_step},
+          {"step_ms", measured.step_ms},
+          {"peak_mb", measured.peak_mb},
+          {"adapter_bytes", save_generation_run(model, method, run, d.model_dir)},
+          {"samples", samples}};
+}
+
+void run_generation_demo(const GenerationDemoArgs& a) {
+  for (const auto& method : a.methods) {
+    ADAPTERS_CHECK(generation_methods().count(method), "--methods: expected full, seq_bn, lora, prefix_tuning or ia3, found '",
+                   method, "'");
+  }
+  use_threads(a.threads);
+  keep_freed_memory();
+  AdapterModel base = load_pretrained(hub::resolve_model(a.model));
+  GenerationDemo d = prepare_generation_demo(a, base);
+  const double pretrained_ppl = tr::evaluate(*base, d.features["test"], 32, torch::kCPU).metrics.at("perplexity");
+  const std::vector<Sample> pretrained_samples = generate_samples(base, d.tok, d.prompts, d.sampling);
+  json rows = json::array();
+  for (const auto& method : a.methods) {
+    std::cerr << "demo-generate: training " << method << '\n';
+    rows.push_back(train_generation_method(a, d, method, pretrained_ppl));
+  }
+  merge_generation_results(fs::path(a.out) / "results.json", rows);
+  print_generation_table(rows, a, d.texts["train"].size(), d.texts["test"].size(), predicted_tokens(d.features["test"]),
+                         static_cast<double>(base->base_parameter_count()), pretrained_ppl, pretrained_samples);
+}
+
+void add_demo_generate(CLI::App& app) {
+  auto a = std::make_shared<GenerationDemoArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "demo-generate",
+      "The main job's generative half: adapters and full fine-tuning of a small decoder continuing texts of one topic, "
+      "compared by held-out perplexity (rows with \"task\": \"generation\" in results.json)");
+  cmd->add_option("--model", a->model, "Pretrained decoder with its LM head and tokenizer (HF folder or repo id)")
+      ->capture_default_str();
+  cmd->add_option("--data", a->data, "Folder with train.jsonl, validation.jsonl, test.jsonl ({text, label})")
+      ->capture_default_str();
+  cmd->add_option("--topic", a->topic, "The label whose texts are learnt (one held out of the pretraining corpus)")
+      ->capture_default_str();
+  cmd->add_option("--out", a->out, "Output folder: generation/<method>/, results.json")->capture_default_str();
+  cmd->add_option("--methods", a->methods, "Methods to run (full, seq_bn, lora, prefix_tuning, ia3)")->capture_default_str();
+  cmd->add_option("--epochs", a->epochs, "Epochs per method")->capture_default_str();
+  cmd->add_option("--batch-size", a->batch_size, "Texts per step")->capture_default_str();
+  cmd->add_option("--samples", a->samples, "Test texts whose first words are continued by every method")->capture_default_str();
+  cmd->add_option("--prompt-words", a->prompt_words, "Words of each sample prompt")->capture_default_str();
+  cmd->add_option("--max-new-tokens", a->max_new_tokens, "Tokens generated per sample")->capture_default_str();
+  cmd->add_option("--seed", a->seed, "Seed of initialisation, data order and sampling")->capture_default_str();
+  cmd->add_option("--threads", a->threads, "CPU threads (0: every core)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->callback([a] { run_generation_demo(*a); });
+}
+
 }  // namespace
 
 void add_training_commands(CLI::App& app) {
@@ -778,6 +1255,7 @@ void add_training_commands(CLI::App& app) {
   add_predict(app);
   add_pretrain(app);
   add_demo(app);
+  add_demo_generate(app);
 }
 
 }  // namespace adapters::cli

@@ -405,8 +405,15 @@ Example choice_example(const json& record, const Columns& columns) {
   return example;
 }
 
+Example causal_lm_example(const json& record, const Columns& columns) {
+  Example example;
+  example.text = as_text(require_field(record, columns.text), columns.text);
+  return example;
+}
+
 Example parse_example(const json& record, TaskKind task, const Columns& columns) {
   switch (task) {
+    case TaskKind::CausalLM: return causal_lm_example(record, columns);
     case TaskKind::SequenceClassification:
     case TaskKind::Regression:
     case TaskKind::MultiLabel: return sequence_example(record, task, columns);
@@ -425,6 +432,7 @@ std::vector<std::string> required_columns(TaskKind task, const Columns& c) {
     case TaskKind::Regression:
     case TaskKind::MultiLabel: names = {c.text, c.text_pair, c.label}; break;
     case TaskKind::TokenClassification: names = {c.words, c.tags}; break;
+    case TaskKind::CausalLM: names = {c.text}; break;
     case TaskKind::QuestionAnswering: names = {c.question, c.context, c.answer_text, c.answer_start}; break;
     case TaskKind::MultipleChoice:
       names = {c.context, c.question, c.label};
@@ -470,7 +478,8 @@ namespace {
 constexpr std::pair<TaskKind, const char*> kTaskNames[] = {
     {TaskKind::SequenceClassification, "sequence_classification"}, {TaskKind::Regression, "regression"},
     {TaskKind::MultiLabel, "multilabel"}, {TaskKind::TokenClassification, "token_classification"},
-    {TaskKind::QuestionAnswering, "question_answering"}, {TaskKind::MultipleChoice, "multiple_choice"}};
+    {TaskKind::QuestionAnswering, "question_answering"}, {TaskKind::MultipleChoice, "multiple_choice"},
+    {TaskKind::CausalLM, "causal_lm"}};
 }  // namespace
 
 std::string to_string(TaskKind task) {
@@ -856,6 +865,7 @@ class FeatureMaker {
         question_answering(qa_tokens(example, max_length_), example, feature);
         break;
       case TaskKind::MultipleChoice: multiple_choice(example, feature); break;
+      case TaskKind::CausalLM: causal_lm(example, feature); break;
     }
     out.push_back(std::move(feature));
   }
@@ -885,6 +895,13 @@ class FeatureMaker {
     for (const std::string& tag : example.labels) word_labels.push_back(labels_.id(tag, where));
     const Tokens tokens = encode(join(example.words, " "), nullptr, Truncation::LongestFirst, where);
     feature.token_labels = aligned_labels(tokens, word_of_char(example.words), word_labels);
+    feature.rows.push_back(row_of(tokens));
+  }
+
+  // The text with the tokenizer's special tokens (<s> ... </s>), its own targets.
+  void causal_lm(const Example& example, Feature& feature) const {
+    const Tokens tokens = encode(example.text, nullptr, Truncation::LongestFirst, dataset_.where(example));
+    feature.token_labels = tokens.ids;
     feature.rows.push_back(row_of(tokens));
   }
 
@@ -1039,7 +1056,7 @@ Batch collate(const FeatureSet& set, const std::vector<size_t>& indices) {
                    " rows per feature (choices), found ", f.rows.size(), " in feature ", i);
     for (const TokenRow& row : f.rows) {
       append_padded(batch.input_ids, row.input_ids, length, set.pad_id);
-      append_padded(batch.token_type_ids, row.token_type_ids, length, set.pad_type_id);
+      if (set.task != TaskKind::CausalLM) append_padded(batch.token_type_ids, row.token_type_ids, length, set.pad_type_id);
       append_padded(batch.attention_mask, std::vector<int64_t>(row.input_ids.size(), 1), length, int64_t{0});
     }
     switch (set.task) {
@@ -1047,7 +1064,8 @@ Batch collate(const FeatureSet& set, const std::vector<size_t>& indices) {
       case TaskKind::MultipleChoice: batch.labels.push_back(f.label); break;
       case TaskKind::Regression:
       case TaskKind::MultiLabel: batch.float_labels.insert(batch.float_labels.end(), f.targets.begin(), f.targets.end()); break;
-      case TaskKind::TokenClassification: append_padded(batch.labels, f.token_labels, length, kIgnoreIndex); break;
+      case TaskKind::TokenClassification:
+      case TaskKind::CausalLM: append_padded(batch.labels, f.token_labels, length, kIgnoreIndex); break;
       case TaskKind::QuestionAnswering:
         batch.start_positions.push_back(f.start_position);
         batch.end_positions.push_back(f.end_position);

@@ -35,6 +35,7 @@ enum class TaskKind {
   TokenClassification,     // words -> one tag per word
   QuestionAnswering,       // question + context -> answer span (text and char start)
   MultipleChoice,          // context (+ question) + choices -> index of the right choice
+  CausalLM,                // text -> the text itself, each token predicted from the ones before
 };
 
 // "sequence_classification", "regression", ... (the names parse_task_kind accepts).
@@ -210,6 +211,8 @@ struct TokenRow {
 //   regression:      targets = {value}          multiple choice: label = correct choice
 //   tagging:         token_labels = tag id at the first sub-token of each word, kIgnoreIndex
 //                    elsewhere (special tokens, continuation pieces)
+//   causal LM:       token_labels = input_ids (the causal_lm head shifts them: token t predicts
+//                    token t+1); padding gets kIgnoreIndex when batched
 //   QA:              start_position / end_position = token indices of the answer, both 0 (the
 //                    CLS position) when truncation cut the answer off; context_offsets maps each
 //                    token to its code-point span in the context (none outside the context)
@@ -259,13 +262,14 @@ std::string span_text(const Example& example, const Feature& feature, size_t sta
 
 // A padded batch, every tensor a flat row-major int64 (or float) vector. Rows are right-padded
 // to the longest row of the batch: input_ids with the pad id, token_type_ids with the pad type
-// id, attention_mask with 0, token labels with kIgnoreIndex.
+// id, attention_mask with 0, token labels with kIgnoreIndex. Causal-LM batches carry no
+// token_type_ids: GPT-2 adds the embedding of any token type ids it is given.
 struct Batch {
   int64_t batch_size = 0;   // B: examples
   int64_t num_choices = 1;  // C: rows per example (multiple choice), else 1
   int64_t seq_len = 0;      // T
   std::vector<int64_t> input_ids, token_type_ids, attention_mask;  // (B, T) or (B, C, T)
-  std::vector<int64_t> labels;         // (B) classification / multiple choice; (B, T) tagging
+  std::vector<int64_t> labels;         // (B) classification / multiple choice; (B, T) tagging, causal LM
   std::vector<float> float_labels;     // (B) regression; (B, num_labels) multilabel
   std::vector<int64_t> start_positions, end_positions;  // (B) question answering
   std::vector<size_t> features;        // (B) indices into FeatureSet::features

@@ -14,6 +14,7 @@
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <type_traits>
 
@@ -58,6 +59,22 @@ models::ModelInputs to_inputs(const Batch& batch, torch::Device device) {
   return inputs;
 }
 
+namespace {
+
+// The batch as this model takes it: token type ids only for models with token-type embeddings
+// (config.json type_vocab_size > 0). GPT-2 would add the embedding of token 0 to every position
+// for a row of zero type ids, as HF does when they are passed.
+models::ModelInputs inputs_for(const AdapterModelImpl& model, const Batch& batch, torch::Device device) {
+  models::ModelInputs inputs = to_inputs(batch, device);
+  const json& raw = model.config().raw;
+  const bool segments = raw.contains("type_vocab_size") && raw["type_vocab_size"].is_number_integer() &&
+                        raw["type_vocab_size"].get<std::int64_t>() > 0;
+  if (!segments) inputs.token_type_ids = torch::Tensor();
+  return inputs;
+}
+
+}  // namespace
+
 HeadTensors to_head_inputs(const Batch& batch, TaskKind task, torch::Device device) {
   const int64_t B = batch.batch_size;
   switch (task) {
@@ -65,6 +82,7 @@ HeadTensors to_head_inputs(const Batch& batch, TaskKind task, torch::Device devi
     case TaskKind::MultipleChoice:
       return {{"labels", long_tensor(batch.labels, {B}, device)}};
     case TaskKind::TokenClassification:
+    case TaskKind::CausalLM:
       return {{"labels", long_tensor(batch.labels, {B, batch.seq_len}, device)}};
     case TaskKind::Regression:
       return {{"labels", float_tensor(batch.float_labels, {B}, device)}};
@@ -118,8 +136,10 @@ bool exempt_from_weight_decay(const std::string& name, const Tensor& parameter) 
 
 ParameterGroups trainable_parameter_groups(const torch::nn::Module& model) {
   ParameterGroups groups;
+  std::set<const void*> seen;  // a tied tensor (LM head = word embeddings) is listed under each of its names
   for (const auto& item : model.named_parameters()) {
     if (!item.value().requires_grad()) continue;
+    if (!seen.insert(item.value().unsafeGetTensorImpl()).second) continue;
     auto& group = exempt_from_weight_decay(item.key(), item.value()) ? groups.no_decay : groups.decay;
     group.emplace_back(item.key(), item.value());
   }
@@ -260,6 +280,16 @@ SpanChoice best_span(const Tensor& start, const Tensor& end, const Example& exam
   return best;
 }
 
+// Causal LM: the tokens a batch predicts, as the head's shifted loss counts them (a label at
+// position t >= 1 that is not kIgnoreIndex).
+int64_t predicted_token_count(const Batch& batch) {
+  int64_t n = 0;
+  for (int64_t b = 0; b < batch.batch_size; ++b) {
+    for (int64_t t = 1; t < batch.seq_len; ++t) n += batch.labels[static_cast<size_t>(b * batch.seq_len + t)] != kIgnoreIndex;
+  }
+  return n;
+}
+
 }  // namespace
 
 EvalResult evaluate(AdapterModelImpl& model, const FeatureSet& features, size_t batch_size, torch::Device device,
@@ -273,14 +303,18 @@ EvalResult evaluate(AdapterModelImpl& model, const FeatureSet& features, size_t 
   std::vector<double> gold_values, predicted_values;
   std::map<size_t, SpanChoice> answer_of;  // QA: the best span over each example's windows
   double loss_sum = 0;
+  double predicted_tokens = 0;  // causal LM: the loss is the mean over predicted tokens, not examples
   for (const auto& indices : plan_batches(features, {batch_size, false})) {
     const Batch batch = collate(features, indices);
     ForwardOptions options;
     options.head_inputs = to_head_inputs(batch, features.task, device);
-    const ModelOutput out = model.forward(to_inputs(batch, device), options);
+    const ModelOutput out = model.forward(inputs_for(model, batch, device), options);
     ADAPTERS_CHECK(out.loss.defined(), "evaluate: the model returned no loss (expected an active head for task ",
                    to_string(features.task), ")");
-    loss_sum += out.loss.item<double>() * static_cast<double>(batch.batch_size);
+    const double weight = features.task == TaskKind::CausalLM ? static_cast<double>(predicted_token_count(batch))
+                                                               : static_cast<double>(batch.batch_size);
+    if (weight > 0) loss_sum += out.loss.item<double>() * weight;  // a batch predicting nothing has a NaN loss
+    predicted_tokens += features.task == TaskKind::CausalLM ? weight : 0.0;
     switch (features.task) {
       case TaskKind::SequenceClassification:
       case TaskKind::MultipleChoice:
@@ -305,12 +339,16 @@ EvalResult evaluate(AdapterModelImpl& model, const FeatureSet& features, size_t 
           if (span.score > kept.score) kept = std::move(span);
         }
         break;
-      case TaskKind::MultiLabel: break;
+      case TaskKind::MultiLabel:
+      case TaskKind::CausalLM: break;
     }
   }
   model.train(was_training);
-  result.loss = loss_sum / static_cast<double>(features.features.size());
+  const bool causal = features.task == TaskKind::CausalLM;
+  ADAPTERS_CHECK(!causal || predicted_tokens > 0, "evaluate: causal LM features predict no token (every text is a single token)");
+  result.loss = loss_sum / (causal ? predicted_tokens : static_cast<double>(features.features.size()));
   result.metrics["loss"] = result.loss;
+  if (causal) result.metrics["perplexity"] = std::exp(result.loss);
   if (predicts_classes(features.task)) {
     result.metrics["accuracy"] = accuracy(gold, result.predictions);
     result.metrics["macro_f1"] = macro_f1(gold, result.predictions);
@@ -679,7 +717,7 @@ TrainResult Trainer::train(AdapterModel& model, const FeatureSet& train_set, con
       const Batch batch = collate(train_set, plan[static_cast<size_t>(b)]);
       ForwardOptions forward;
       forward.head_inputs = to_head_inputs(batch, train_set.task, o.device);
-      const ModelOutput out = model->forward(to_inputs(batch, o.device), forward);
+      const ModelOutput out = model->forward(inputs_for(*model, batch, o.device), forward);
       ADAPTERS_CHECK(out.loss.defined(), "train: the model returned no loss (expected an active head for task ",
                      to_string(train_set.task), ")");
       (out.loss / static_cast<double>(group_size)).backward();

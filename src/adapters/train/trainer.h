@@ -35,7 +35,8 @@ namespace adapters::train {
 // flattened to (B*C, T), as the multiple-choice head expects.
 models::ModelInputs to_inputs(const Batch& batch, torch::Device device);
 // The head's targets by the reference's names: "labels" ((B) class ids, (B, T) tags, (B) or
-// (B, K) floats for regression / multilabel), or "start_positions" / "end_positions" (QA).
+// (B, K) floats for regression / multilabel, (B, T) token ids for causal LM, shifted by the
+// causal_lm head), or "start_positions" / "end_positions" (QA).
 HeadTensors to_head_inputs(const Batch& batch, TaskKind task, torch::Device device);
 
 // ---- optimizer ----------------------------------------------------------------------------------
@@ -44,7 +45,8 @@ HeadTensors to_head_inputs(const Batch& batch, TaskKind task, torch::Device devi
 // "LayerNorm", "layer_norm" or "norm").
 bool exempt_from_weight_decay(const std::string& name, const torch::Tensor& parameter);
 
-// The trainable parameters (requires_grad) by name, split by weight decay.
+// The trainable parameters (requires_grad) by name, split by weight decay. A tensor registered
+// under several names (an LM head tied to the word embeddings) is listed once, under its first.
 struct ParameterGroups {
   std::vector<std::pair<std::string, torch::Tensor>> decay, no_decay;
   size_t size() const { return decay.size() + no_decay.size(); }
@@ -82,8 +84,10 @@ void load_adamw_state(torch::optim::AdamW& optimizer, const ParameterGroups& gro
 // ---- evaluation ---------------------------------------------------------------------------------
 
 struct EvalResult {
-  double loss = 0;                        // mean of the head's loss over batches (by examples)
-  std::map<std::string, double> metrics;  // "loss", plus "accuracy" and "macro_f1" for class tasks
+  double loss = 0;                        // mean of the head's loss over batches (by examples; causal LM:
+                                          // by predicted tokens, the mean token NLL)
+  std::map<std::string, double> metrics;  // "loss", plus "accuracy" and "macro_f1" for class tasks,
+                                          // "perplexity" (exp of the loss) for causal LM
   std::vector<int64_t> predictions;       // class / choice ids, in feature order (class tasks)
 };
 
@@ -91,7 +95,7 @@ struct EvalResult {
 // restored). Every task gets loss; classification and multiple choice accuracy, macro F1 and
 // MCC; regression Pearson and Spearman; token classification token-level F1 (and accuracy);
 // question answering exact match and F1 of the predicted spans when `dataset` (the examples the
-// features were made from) is given.
+// features were made from) is given; causal LM perplexity, exp of the mean NLL per predicted token.
 EvalResult evaluate(AdapterModelImpl& model, const FeatureSet& features, size_t batch_size, torch::Device device,
                     const Dataset* dataset = nullptr);
 
