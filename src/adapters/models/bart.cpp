@@ -167,7 +167,7 @@ class BartModelImpl : public EncoderDecoderModelImpl {
   }
 
   Tensor shift_right(const Tensor& ids) const override {
-    if (norm_ == Norm::Post) return shift_tokens_right(ids, config_.pad_token_id, decoder_start_token());
+    if (norm_ == Norm::Post) return shift_tokens_right(ids, config_.pad_token_id, decoder_start_token_id());
     // MBart: the last non-pad token (the language id) wraps around to the front.
     Tensor out = ids.masked_fill(ids.eq(-100), config_.pad_token_id);
     const Tensor last = (out.ne(config_.pad_token_id).sum(1) - 1).clamp_min(0).unsqueeze(1);
@@ -176,12 +176,6 @@ class BartModelImpl : public EncoderDecoderModelImpl {
   }
 
  protected:
-  std::int64_t decoder_start_token() const {
-    ADAPTERS_CHECK(config_.raw.contains("decoder_start_token_id") && config_.raw["decoder_start_token_id"].is_number_integer(),
-                   config_.model_type, ": config.json has no decoder_start_token_id to derive decoder_input_ids with",
-                   " (give decoder_input_ids)");
-    return config_.raw["decoder_start_token_id"].get<std::int64_t>();
-  }
   void check_inputs(const ModelInputs& in) const override {
     EncoderDecoderModelImpl::check_inputs(in);
     check_positions_fit(in, config_);

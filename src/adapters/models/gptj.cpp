@@ -106,11 +106,7 @@ class GPTJModelImpl : public BaseModelImpl {
   Tensor embed(const ModelInputs& in, LayerArgs&, ForwardContext&) override {
     return in.inputs_embeds.defined() ? in.inputs_embeds : wte(in.input_ids);
   }
-  // Padding only (B,1,1,Tk): the causal part is each layer's scaled fill.
-  Tensor attention_mask(const Tensor& x, const LayerArgs& args) const override {
-    if (!args.attention_mask.defined()) return Tensor();
-    return (1.0 - args.attention_mask.to(x.scalar_type()).unsqueeze(1).unsqueeze(2)) * nn::lowest_value(x.scalar_type());
-  }
+  // The base model's padding-only mask (B,1,1,Tk): the causal part is each layer's scaled fill.
   std::int64_t num_layers() const override { return static_cast<std::int64_t>(h.size()); }
   Tensor layer(std::int64_t i, const Tensor& x, LayerArgs& args, ForwardContext& ctx) override {
     Tensor in = x;

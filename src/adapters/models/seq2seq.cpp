@@ -59,6 +59,14 @@ void EncoderDecoderModelImpl::check_inputs(const ModelInputs& in) const {
   }
 }
 
+std::int64_t EncoderDecoderModelImpl::decoder_start_token_id() const {
+  const json& raw = config_.raw;
+  ADAPTERS_CHECK(raw.contains("decoder_start_token_id") && raw["decoder_start_token_id"].is_number_integer(),
+                 config_.model_type, ": config.json has no decoder_start_token_id to derive decoder_input_ids with",
+                 " (give decoder_input_ids)");
+  return raw["decoder_start_token_id"].get<std::int64_t>();
+}
+
 Tensor EncoderDecoderModelImpl::decoder_mask(const Tensor& h, const LayerArgs& args) const {
   return causal_mask(h, args, /*add_padding_to_causal=*/false);
 }
@@ -95,8 +103,11 @@ BaseModelOutput EncoderDecoderModelImpl::run(const ModelInputs& in, nn::ForwardC
   args.position_ids = Tensor();
   args.encoder_hidden_states = encoded;
   if (encoder_padding.defined()) {
-    const Tensor padding = nn::match_batch(encoder_padding, encoded).to(encoded.scalar_type());
-    args.encoder_mask = (1.0 - padding.unsqueeze(1).unsqueeze(2)) * nn::lowest_value(encoded.scalar_type());
+    nn::MaskSpec spec;
+    spec.padding = nn::match_batch(encoder_padding, encoded);
+    spec.query_length = decoder_ids.size(1);
+    spec.key_length = encoded.size(1);
+    args.encoder_mask = nn::build_attention_mask(spec, encoded.scalar_type(), encoded.device());  // (B,1,1,Ts)
   }
   Tensor h = embed_decoder(args, ctx);
   args.mask = decoder_mask(h, args);

@@ -22,6 +22,8 @@ class EncoderDecoderModelImpl : public BaseModelImpl {
   // The decoder inputs the architecture derives from token ids (labels or input_ids) when none
   // are given: shifted right behind the decoder start token, -100 replaced by the pad token.
   virtual torch::Tensor shift_right(const torch::Tensor& ids) const = 0;
+  // config.json's decoder_start_token_id; a clear error when it has none.
+  std::int64_t decoder_start_token_id() const;
 
   std::int64_t num_encoder_layers() const { return encoder_layers(); }
 

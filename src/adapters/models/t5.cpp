@@ -242,10 +242,7 @@ class T5ModelImpl : public EncoderDecoderModelImpl {
   }
 
   Tensor shift_right(const Tensor& ids) const override {
-    ADAPTERS_CHECK(config_.raw.contains("decoder_start_token_id") && config_.raw["decoder_start_token_id"].is_number_integer(),
-                   config_.model_type, ": config.json has no decoder_start_token_id to derive decoder_input_ids with",
-                   " (give decoder_input_ids)");
-    return shift_tokens_right(ids, config_.pad_token_id, config_.raw["decoder_start_token_id"].get<std::int64_t>());
+    return shift_tokens_right(ids, config_.pad_token_id, decoder_start_token_id());
   }
 
  protected:
