@@ -53,7 +53,9 @@ TEST(HookSites, EveryLayerOfEveryArchitectureHasItsSites) {
     std::map<std::int64_t, std::set<std::string>> roles, residual;
     std::map<std::int64_t, int> attention;
     for (auto* linear : sites.linear) {
-      for (const auto& slice : linear->slices()) roles[linear->layer()].insert(slice.role);
+      for (const auto& slice : linear->slices()) {
+        if (slice.role != "pooler") roles[linear->layer()].insert(slice.role);  // the pooler is after the layers
+      }
     }
     for (auto* site : sites.residual) residual[site->layer()].insert(site->location());
     for (auto* site : sites.attention) ++attention[site->layer()];
@@ -77,7 +79,9 @@ TEST(HookSites, EveryLayerOfEveryArchitectureHasItsSites) {
 TEST(HookSites, SitesAreFoundInLayerOrder) {
   AdapterModel model = load_pretrained(model_dir("bert"));
   const auto& sites = model->base().sites();
-  ASSERT_EQ(sites.linear.size(), 12u);  // 2 layers x q, k, v, o, intermediate, output
+  ASSERT_EQ(sites.linear.size(), 13u);  // 2 layers x q, k, v, o, intermediate, output; the pooler's dense
+  EXPECT_EQ(sites.linear_paths.back(), "pooler.dense");
+  EXPECT_EQ(sites.linear_paths.front(), "encoder.layer.0.attention.self.query");
   ASSERT_EQ(sites.residual.size(), 4u);
   for (std::size_t i = 1; i < sites.linear.size(); ++i) EXPECT_LE(sites.linear[i - 1]->layer(), sites.linear[i]->layer());
   EXPECT_EQ(sites.residual[0]->location(), nn::location::kAttention);
@@ -143,7 +147,8 @@ TEST_P(EveryArchitecture, AClassificationHeadTrainsItsAdapter) {
 
 INSTANTIATE_TEST_SUITE_P(Archs, EveryArchitecture,
                          ::testing::Values("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "deberta",
-                                           "deberta-v2", "vit", "beit", "gpt2", "gptj", "bart", "mbart", "t5"),
+                                           "deberta-v2", "vit", "beit", "gpt2", "gptj", "bart", "mbart", "t5", "llama",
+                                           "mistral", "qwen2", "gemma"),
                          [](const auto& info) {
                            std::string n = info.param;
                            std::replace(n.begin(), n.end(), '-', '_');

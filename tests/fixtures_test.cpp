@@ -18,6 +18,14 @@ const std::regex& must_pass() {
   return r;
 }
 
+// PEFT 0.21 cases (transformers 5.17) this build must pass: the base models of every architecture
+// and the LoRA family PEFT folders (LoRA, rsLoRA on every linear layer, DoRA, IA3, VeRA). The others
+// (prefix and prompt tuning in PEFT's format, one adapter per row) are refused cleanly for now.
+const std::regex& peft_must_pass() {
+  static const std::regex r("^(llama|mistral|qwen2|gemma|gpt2|bert|roberta|t5|bart)__(base|lora|lora_all_rslora|dora|ia3|vera)$");
+  return r;
+}
+
 // Known bugs of the reference (adapter-transformers 3.2.1) that we deliberately do not reproduce:
 // for these outputs we compare against another expected output of the same case, the one a
 // correct implementation must produce. Each entry says why.
@@ -47,9 +55,9 @@ const KnownReferenceBug* known_bug(const std::string& case_name, const std::stri
   return nullptr;
 }
 
-std::vector<std::string> case_names() {
+std::vector<std::string> case_names(const fs::path& root = fixtures_root()) {
   std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(fixtures_root() / "cases")) names.push_back(e.path().filename().string());
+  for (const auto& e : fs::directory_iterator(root / "cases")) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
   return names;
 }
@@ -57,6 +65,7 @@ std::vector<std::string> case_names() {
 struct Param {
   std::string name;
   WeightsPreference weights;
+  fs::path root = fixtures_root();
 };
 
 void PrintTo(const Param& p, std::ostream* os) {
@@ -76,9 +85,9 @@ void expect_close(const torch::Tensor& actual, const torch::Tensor& expected, do
 
 TEST_P(FixtureCase, MatchesTheReference) {
   const auto& p = GetParam();
-  const fs::path dir = fixtures_root() / "cases" / p.name;
+  const fs::path dir = p.root / "cases" / p.name;
   const json spec = json::parse(io::read_text_file(dir / "case.json"));
-  const bool in_scope = std::regex_match(p.name, must_pass());
+  const bool in_scope = std::regex_match(p.name, p.root == fixtures_root() ? must_pass() : peft_must_pass());
   fixtures::CaseOutputs got;
   try {
     got = fixtures::run_case(dir, p.weights);
@@ -129,6 +138,24 @@ std::vector<Param> params() {
 
 INSTANTIATE_TEST_SUITE_P(AdapterHub, FixtureCase, ::testing::ValuesIn(params()), [](const auto& info) {
   std::string n = info.param.name + (info.param.weights == WeightsPreference::Bin ? "__bin" : "__safetensors");
+  for (auto& ch : n) {
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  }
+  return n;
+});
+
+// ---- PEFT 0.21 on transformers 5.17 --------------------------------------------------------
+
+fs::path peft_root() { return fs::path(ADAPTERS_FIXTURES) / "peft"; }
+
+std::vector<Param> peft_params() {
+  std::vector<Param> out;
+  for (const auto& n : case_names(peft_root())) out.push_back({n, WeightsPreference::Safetensors, peft_root()});
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Peft, FixtureCase, ::testing::ValuesIn(peft_params()), [](const auto& info) {
+  std::string n = info.param.name;
   for (auto& ch : n) {
     if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
   }

@@ -94,7 +94,7 @@ TEST_P(CacheIdentity, CachedGreedyGivesTheTokensOfRecomputing) {
 
 std::vector<CacheCase> cache_cases() {
   std::vector<CacheCase> out;
-  for (const char* arch : {"gpt2", "gptj", "bart", "mbart", "t5"}) {
+  for (const char* arch : {"gpt2", "gptj", "bart", "mbart", "t5", "llama", "mistral", "qwen2", "gemma"}) {
     out.push_back({arch, "", ""});
     for (const char* method : {"seq_bn", "double_seq_bn_inv", "lora", "ia3", "prefix_tuning", "compacter[reduction_factor=8]",
                                "mam"}) {
@@ -176,7 +176,7 @@ TEST_P(Decoding, BadRequestsFailBeforeAnyWork) {
   EXPECT_NE(error(greedy(4, true)).find("language-model head"), std::string::npos);
 }
 
-INSTANTIATE_TEST_SUITE_P(Generative, Decoding, ::testing::Values("gpt2", "gptj", "bart", "mbart", "t5"));
+INSTANTIATE_TEST_SUITE_P(Generative, Decoding, ::testing::Values("gpt2", "gptj", "bart", "mbart", "t5", "llama", "gemma"));
 
 // HF's *LMHeadModel / *ForConditionalGeneration folders: base keys without the AdapterModel prefix
 // (GPT-2, T5) or with the class's own ("model." for BART), an lm_head.weight (tied or not), and

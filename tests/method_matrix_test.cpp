@@ -56,7 +56,8 @@ void PrintTo(const MethodCase& m, std::ostream* os) { *os << m.spec; }
 // (the decoders and encoder-decoders); VeRA and DoRA do not support fused projections yet, and
 // DeBERTa's in_proj and GPT-2's c_attn are ones (tests/architecture_test.cpp).
 bool refused(const std::string& arch, const std::string& spec) {
-  const bool generative = arch == "gpt2" || arch == "gptj" || arch == "bart" || arch == "mbart" || arch == "t5";
+  const bool generative = arch == "gpt2" || arch == "gptj" || arch == "bart" || arch == "mbart" || arch == "t5" ||
+                          arch == "llama" || arch == "mistral" || arch == "qwen2" || arch == "gemma";
   return ((arch == "beit" || generative) && spec == "prompt_tuning") ||
          ((arch == "deberta" || arch == "gpt2") && (spec == "vera" || spec == "dora"));
 }
@@ -155,7 +156,8 @@ std::string param_name(const ::testing::TestParamInfo<Param>& info) {
 INSTANTIATE_TEST_SUITE_P(All, MethodMatrix,
                          ::testing::Combine(::testing::Values("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert",
                                                                  "deberta", "deberta-v2", "vit", "beit", "gpt2", "gptj",
-                                                                 "bart", "mbart", "t5"),
+                                                                 "bart", "mbart", "t5", "llama", "mistral", "qwen2",
+                                                                 "gemma"),
                                             ::testing::ValuesIn(method_cases())),
                          param_name);
 

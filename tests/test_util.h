@@ -19,6 +19,8 @@ inline fs::path fixtures_root() { return fs::path(ADAPTERS_FIXTURES) / "adapterh
 // fixtures lack, one of ours in tests/data/models (see its README).
 inline fs::path model_dir(const std::string& arch) {
   const fs::path fixture = fixtures_root() / "models" / arch;
+  const fs::path peft_fixture = fs::path(ADAPTERS_FIXTURES) / "peft" / "models" / arch;  // the Llama family
+  if (!fs::exists(fixture) && fs::exists(peft_fixture)) return peft_fixture;
 #ifdef ADAPTERS_TEST_DATA
   if (!fs::exists(fixture)) return fs::path(ADAPTERS_TEST_DATA) / "models" / arch;
 #endif

@@ -90,11 +90,25 @@ io::TensorMap forward_outputs(AdapterModel& model, const CaseInputs& inputs, con
   return named_outputs(model->forward(inputs.model, options), prefix);
 }
 
+// model_dir is relative to the case folder; some generators wrote it relative to the fixture root
+// (ROOT/models/<arch>), which is tried second.
+fs::path model_dir(const fs::path& case_dir, const JsonReader& c) {
+  const std::string dir = c.get_string("model_dir");
+  const fs::path from_case = case_dir / dir, from_root = case_dir.parent_path().parent_path() / dir;
+  if (fs::exists(from_case / "config.json") || !fs::exists(from_root / "config.json")) return from_case;
+  return from_root;
+}
+
 void load_case_parts(AdapterModel& model, const fs::path& case_dir, const JsonReader& c, WeightsPreference weights) {
+  if (c.has("adapter_per_row")) {
+    throw NotSupported(str(c.source(), ": adapter_per_row (one adapter per batch row) is not implemented yet"));
+  }
   for (const auto& adapter : c.raw("adapters")) {
     JsonReader a(adapter, c.source() + ": adapters[]");
     const bool with_head = a.has("with_head") && a.raw("with_head").is_boolean() && a.raw("with_head").get<bool>();
-    model->load_adapter(case_dir / a.get_string("dir"), a.get_string("name"), weights, false, with_head);
+    // A PEFT adapter is active once loaded (PeftModel.from_pretrained); AdapterHub cases name their setup.
+    const bool peft = a.get_string("format", "adapterhub") == "peft";
+    model->load_adapter(case_dir / a.get_string("dir"), a.get_string("name"), weights, peft, with_head);
   }
   if (c.has("fusions")) {
     for (const auto& fusion : c.raw("fusions")) {
@@ -170,7 +184,7 @@ CaseOutputs run_case(const fs::path& case_dir, WeightsPreference weights) {
   const json spec = read_case(case_dir);
   JsonReader c(spec, (case_dir / "case.json").string());
   if (c.has("generate")) {
-    AdapterModel model = load_pretrained(case_dir / c.get_string("model_dir"));
+    AdapterModel model = load_pretrained(model_dir(case_dir, c));
     load_case_parts(model, case_dir, c, weights);
     return generate_case(model, c, read_inputs(case_dir));
   }
@@ -178,7 +192,7 @@ CaseOutputs run_case(const fs::path& case_dir, WeightsPreference weights) {
   const std::string mode = c.get_string("mode", "eval");
   ADAPTERS_CHECK(mode == "eval" || mode == "train", c.source(), ": unknown mode '", mode, "' (expected eval or train)");
 
-  AdapterModel model = load_pretrained(case_dir / c.get_string("model_dir"));
+  AdapterModel model = load_pretrained(model_dir(case_dir, c));
   load_case_parts(model, case_dir, c, weights);
   const CaseInputs inputs = read_inputs(case_dir);
   CaseOutputs result;

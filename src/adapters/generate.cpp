@@ -46,86 +46,71 @@ void check_heads_can_generate(const AdapterModelImpl& model, std::int64_t channe
   }
 }
 
-// Drives the model one step at a time. Rows are the decoding rows (prompts x channels x beams).
-class ModelStepper : public generation::StepModel {
- public:
-  ModelStepper(AdapterModelImpl& model, std::int64_t channels, bool use_cache, std::int64_t max_length)
-      : model_(model), channels_(channels), use_cache_(use_cache),
-        encoder_decoder_(model.arch().kind == models::ArchKind::EncoderDecoder),
-        positions_from_mask_(model.arch().generation_positions_from_mask) {
-    cache_.reserve(max_length);  // one allocation per layer: steps copy only their new tokens
-  }
-
-  // Encoder-decoder models: runs the encoder once over the source (B,Ts) (its Parallel block
-  // replicates the rows) and keeps its states for every step.
-  void encode(const Tensor& input_ids, const Tensor& attention_mask, std::int64_t decoder_start) {
-    models::ModelInputs in;
-    in.input_ids = input_ids;
-    in.attention_mask = attention_mask;
-    in.decoder_input_ids = torch::full({input_ids.size(0), 1}, decoder_start, input_ids.options());
-    ForwardOptions options;
-    options.skip_heads = true;
-    const ModelOutput out = model_.forward(in, options);
-    encoder_states_ = out.encoder_last_hidden_state;
-    encoder_mask_ = attention_mask.defined() ? attention_mask.repeat({channels_, 1}) : Tensor();
-  }
-
-  Tensor next_logits(const Tensor& sequences, const Tensor& attention_mask) override {
-    const std::int64_t seen = use_cache_ ? cache_.length() : 0;
-    models::ModelInputs in;
-    if (encoder_decoder_) {
-      in.encoder_hidden_states = encoder_states_;
-      in.attention_mask = encoder_mask_;
-      in.decoder_input_ids = sequences.slice(1, seen);
-    } else {
-      in.input_ids = sequences.slice(1, seen);
-      in.attention_mask = attention_mask;
-      if (positions_from_mask_ && attention_mask.defined()) {
-        // HF's prepare_inputs_for_generation: positions count the real tokens of each row.
-        Tensor positions = attention_mask.cumsum(-1) - 1;
-        in.position_ids = positions.masked_fill(attention_mask.eq(0), 1).slice(1, seen);
-      }
-    }
-    in.cache = use_cache_ ? &cache_ : nullptr;
-    ForwardOptions options;
-    options.inputs_replicated_for_parallel = channels_ > 1;
-    const ModelOutput out = model_.forward(in, options);
-    Tensor logits;
-    if (out.head_outputs.empty()) {
-      logits = out.head.at("logits");
-    } else {
-      std::vector<Tensor> parts;
-      for (const auto& h : out.head_outputs) parts.push_back(h.at("logits"));
-      logits = torch::cat(parts, 0);
-    }
-    return logits.select(1, logits.size(1) - 1).to(torch::kFloat32);  // (N,V)
-  }
-
-  void select_rows(const Tensor& rows) override {
-    const Tensor index = rows.to(torch::kLong);
-    auto take = [&](Tensor& t) {
-      if (t.defined()) t = t.index_select(0, index.to(t.device()));
-    };
-    take(encoder_states_);
-    take(encoder_mask_);
-    cache_.select_rows(index);
-  }
-
- private:
-  AdapterModelImpl& model_;
-  std::int64_t channels_;
-  bool use_cache_;
-  bool encoder_decoder_;
-  bool positions_from_mask_;
-  nn::KVCache cache_;
-  Tensor encoder_states_, encoder_mask_;
-};
-
 std::int64_t config_token(const models::ModelConfig& c, const char* key) {
   return c.raw.contains(key) && c.raw[key].is_number_integer() ? c.raw[key].get<std::int64_t>() : -1;
 }
 
 }  // namespace
+
+ModelStepper::ModelStepper(AdapterModelImpl& model, std::int64_t channels, bool use_cache, std::int64_t max_length)
+    : model_(model), channels_(channels), use_cache_(use_cache),
+      encoder_decoder_(model.arch().kind == models::ArchKind::EncoderDecoder),
+      positions_from_mask_(model.arch().generation_positions_from_mask) {
+  cache_.reserve(max_length);  // one allocation per layer: steps copy only their new tokens
+}
+
+void ModelStepper::encode(const Tensor& input_ids, const Tensor& attention_mask, std::int64_t decoder_start) {
+  models::ModelInputs in;
+  in.input_ids = input_ids;
+  in.attention_mask = attention_mask;
+  in.decoder_input_ids = torch::full({input_ids.size(0), 1}, decoder_start, input_ids.options());
+  ForwardOptions options;
+  options.skip_heads = true;
+  const ModelOutput out = model_.forward(in, options);
+  encoder_states_ = out.encoder_last_hidden_state;
+  encoder_mask_ = attention_mask.defined() ? attention_mask.repeat({channels_, 1}) : Tensor();
+}
+
+Tensor ModelStepper::next_logits(const Tensor& sequences, const Tensor& attention_mask) {
+  const std::int64_t seen = use_cache_ ? cache_.length() : 0;
+  models::ModelInputs in;
+  if (encoder_decoder_) {
+    in.encoder_hidden_states = encoder_states_;
+    in.attention_mask = encoder_mask_;
+    in.decoder_input_ids = sequences.slice(1, seen);
+  } else {
+    in.input_ids = sequences.slice(1, seen);
+    in.attention_mask = attention_mask;
+    if (positions_from_mask_ && attention_mask.defined()) {
+      // HF's prepare_inputs_for_generation: positions count the real tokens of each row.
+      Tensor positions = attention_mask.cumsum(-1) - 1;
+      in.position_ids = positions.masked_fill(attention_mask.eq(0), 1).slice(1, seen);
+    }
+  }
+  in.cache = use_cache_ ? &cache_ : nullptr;
+  ForwardOptions options;
+  options.inputs_replicated_for_parallel = channels_ > 1;
+  const ModelOutput out = model_.forward(in, options);
+  Tensor logits;
+  if (out.head_outputs.empty()) {
+    logits = out.head.at("logits");
+  } else {
+    std::vector<Tensor> parts;
+    for (const auto& h : out.head_outputs) parts.push_back(h.at("logits"));
+    logits = torch::cat(parts, 0);
+  }
+  return logits.select(1, logits.size(1) - 1).to(torch::kFloat32);  // (N,V)
+}
+
+void ModelStepper::select_rows(const Tensor& rows) {
+  const Tensor index = rows.to(torch::kLong);
+  auto take = [&](Tensor& t) {
+    if (t.defined()) t = t.index_select(0, index.to(t.device()));
+  };
+  take(encoder_states_);
+  take(encoder_mask_);
+  cache_.select_rows(index);
+}
 
 GenerationConfig generation_defaults(const models::ModelConfig& config) {
   json tokens = json::object();

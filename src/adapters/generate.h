@@ -20,6 +20,31 @@ generation::GenerationConfig load_generation_config(const fs::path& model_dir, c
 // The token ids of config.json alone (for models built in code).
 generation::GenerationConfig generation_defaults(const models::ModelConfig& config);
 
+// The model side of decoding (generation::StepModel): one forward per step over the key/value
+// cache (or over the whole sequence without it), the encoder run once for encoder-decoder models,
+// the logits of the last position of each row, from one LM head or a Parallel of them. Rows are
+// the decoding rows (prompts x Parallel channels x beams). generate() checks the model and options
+// first; use this directly only on a model generate() accepts.
+class ModelStepper : public generation::StepModel {
+ public:
+  ModelStepper(AdapterModelImpl& model, std::int64_t channels, bool use_cache, std::int64_t max_length);
+  // Encoder-decoder models: runs the encoder once over the source (B,Ts) (a Parallel block
+  // replicates the rows) and keeps its states for every step.
+  void encode(const torch::Tensor& input_ids, const torch::Tensor& attention_mask, std::int64_t decoder_start);
+  // (N,V) float32 logits of the next token after `sequences` (N,L).
+  torch::Tensor next_logits(const torch::Tensor& sequences, const torch::Tensor& attention_mask) override;
+  void select_rows(const torch::Tensor& rows) override;
+
+ private:
+  AdapterModelImpl& model_;
+  std::int64_t channels_;
+  bool use_cache_;
+  bool encoder_decoder_;
+  bool positions_from_mask_;
+  nn::KVCache cache_;
+  torch::Tensor encoder_states_, encoder_mask_;
+};
+
 // Generates from `input_ids` (B,T) (decoder-only models: left-padded prompts; encoder-decoder
 // models: the source) with the active adapters and heads. Throws before any work when the model
 // cannot generate with its setup (no LM head, a Split/BatchSplit setup, a prompt longer than its

@@ -8,6 +8,7 @@
 
 #include "adapters/core/log.h"
 #include "adapters/formats/keys.h"
+#include "adapters/formats/peft.h"
 #include "adapters/methods/registry.h"
 #include "adapters/model.h"
 
@@ -187,6 +188,13 @@ void AdapterModelImpl::save_adapter(const fs::path& dir, const std::string& name
 
 std::string AdapterModelImpl::load_adapter(const fs::path& dir, const std::string& load_as, WeightsPreference weights,
                                            bool set_active, bool with_head) {
+  if (formats::is_peft_folder(dir)) {
+    const std::string name = load_as.empty() ? "default" : load_as;  // PEFT's name for a lone adapter
+    ADAPTERS_CHECK(!has_adapter(name), "load_adapter: an adapter named '", name, "' already exists (pass load_as)");
+    formats::load_peft_adapter(*this, dir, name, weights);
+    if (set_active) set_active_adapters(Block::adapter(name));
+    return name;
+  }
   const fs::path config_path = dir / kConfigFile;
   const json file = read_json_file(config_path);
   JsonReader reader(file, config_path.string());

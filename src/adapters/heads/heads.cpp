@@ -8,6 +8,7 @@
 
 #include "adapters/core/error.h"
 #include "adapters/nn/activation.h"
+#include "adapters/nn/linear.h"
 
 namespace adapters::heads {
 
@@ -194,7 +195,7 @@ struct DecoderImpl : torch::nn::Module {
     weight = register_parameter("weight", tied.defined() ? tied : torch::empty({vocab, in}).normal_(0.0, 0.02));
     if (with_bias) bias = register_parameter("bias", torch::zeros({vocab}));
   }
-  Tensor forward(const Tensor& x) { return torch::nn::functional::linear(x, weight, bias); }
+  Tensor forward(const Tensor& x) { return nn::linear(x, weight, bias); }
   Tensor weight, bias;
 };
 TORCH_MODULE(Decoder);

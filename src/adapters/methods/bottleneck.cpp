@@ -9,6 +9,7 @@
 
 #include "adapters/methods/compacter.h"
 #include "adapters/methods/invertible.h"
+#include "adapters/nn/linear.h"
 
 namespace adapters::methods {
 
@@ -245,10 +246,12 @@ void BottleneckAdapterImpl::init_weights(const std::string& scheme) {
 
 Tensor BottleneckAdapterImpl::down_project(const Tensor& x) {
   Tensor h = norm_before_ ? norm_before_(x) : x;
-  return activation_(phm_down_ ? phm_down_->forward(h) : down_(h));
+  return activation_(phm_down_ ? phm_down_->forward(h) : nn::linear(h, down_->weight, down_->bias));
 }
 
-Tensor BottleneckAdapterImpl::up_project(const Tensor& x) { return phm_up_ ? phm_up_->forward(x) : up_(x); }
+Tensor BottleneckAdapterImpl::up_project(const Tensor& x) {
+  return phm_up_ ? phm_up_->forward(x) : nn::linear(x, up_->weight, up_->bias);
+}
 
 nn::PreForward BottleneckAdapterImpl::pre_forward(const Tensor& hidden, const Tensor& input, const nn::Norm& norm,
                                                   bool want_query, bool query_before_ln) {

@@ -9,11 +9,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <regex>
 #include <set>
 
 #include "adapters/formats/keys.h"
 #include "adapters/model.h"
+#include "adapters/models/registry.h"
 #include "adapters/nn/adapted_linear.h"
+#include "adapters/nn/linear.h"
 #include "adapters/nn/model_hooks.h"
 
 namespace adapters::methods {
@@ -30,7 +33,8 @@ const std::set<std::string>& known_keys() {
       "architecture", "selfattn_lora", "intermediate_lora", "output_lora", "leave_out",
       "r", "alpha", "dropout", "attn_matrices", "composition_mode",
       "init_weights", "use_gating", "use_rslora", "use_dora", "vera_d",
-      "vera_b", "projection_prng_key"};
+      "vera_b", "projection_prng_key", "target_modules", "exclude_modules", "layers_to_transform",
+      "rank_pattern", "alpha_pattern", "feedforward_modules"};
   return keys;
 }
 
@@ -53,7 +57,97 @@ std::string location_key(const std::string& role) {
   return role + "_lora";
 }
 
+// A module selector of PEFT: a list of names or one regex string; null selects nothing.
+void check_module_selector(const JsonReader& r, const char* key) {
+  if (!r.has(key) || r.raw(key).is_null()) return;
+  const json& v = r.raw(key);
+  if (v.is_string()) {
+    try {
+      std::regex re(v.get<std::string>());
+    } catch (const std::regex_error& e) {
+      r.fail(key, str("a valid regular expression (", e.what(), ")"));
+    }
+    return;
+  }
+  if (!v.is_array()) r.fail(key, "a list of module names or one regex string");
+  for (const auto& name : v) {
+    if (!name.is_string() || name.get<std::string>().empty()) r.fail(key, "a list of non-empty module names");
+  }
+}
+
+bool selector_matches(const json& selector, const std::vector<std::string>& paths) {
+  if (selector.is_null()) return false;
+  for (const auto& path : paths) {
+    if (selector.is_string()) {
+      if (std::regex_match(path, std::regex(selector.get<std::string>()))) return true;
+      continue;
+    }
+    for (const auto& item : selector) {
+      const std::string name = item.get<std::string>();
+      if (path == name || (path.size() > name.size() && path.compare(path.size() - name.size(), name.size(), name) == 0 &&
+                           path[path.size() - name.size() - 1] == '.')) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+// PEFT's layer index of a module path: the number in its last ".<name>.<i>." (-1 when none).
+std::int64_t peft_layer_index(const std::string& path) {
+  static const std::regex layer(R"(.*\.[^.]*\.(\d+)\..*)");
+  std::smatch m;
+  if (!std::regex_match(path, m, layer)) return -1;
+  return std::stoll(m[1].str());
+}
+
+// The value of the first pattern of `patterns` ({pattern: value}) that matches a path, else null:
+// the module name itself, else "(.*\.)?(pattern)$", or a "^"-anchored pattern from the start.
+json pattern_value(const json& patterns, const std::vector<std::string>& paths) {
+  for (const auto& path : paths) {
+    if (patterns.contains(path)) return patterns[path];
+  }
+  for (auto it = patterns.begin(); it != patterns.end(); ++it) {
+    const std::string& pattern = it.key();
+    for (const auto& path : paths) {
+      const bool hit = pattern.rfind('^', 0) == 0 ? std::regex_search(path, std::regex(pattern), std::regex_constants::match_continuous)
+                                                  : std::regex_match(path, std::regex("(.*\\.)?(" + pattern + ")"));
+      if (hit) return it.value();
+    }
+  }
+  return json();
+}
+
 }  // namespace
+
+bool LoRAConfig::targets(const std::vector<std::string>& paths) const {
+  if (!selector_matches(target_modules, paths) || selector_matches(exclude_modules, paths)) return false;
+  if (layers_to_transform.empty() || target_modules.is_string()) return true;
+  const std::int64_t layer = peft_layer_index(paths.front());
+  return std::find(layers_to_transform.begin(), layers_to_transform.end(), layer) != layers_to_transform.end();
+}
+
+bool LoRAConfig::scales_input(const std::vector<std::string>& paths) const {
+  if (!is_ia3() || feedforward_modules.is_null()) return false;
+  for (const auto& path : paths) {
+    if (feedforward_modules.is_string()) {
+      if (std::regex_match(path, std::regex(feedforward_modules.get<std::string>()))) return true;
+      continue;
+    }
+    for (const auto& item : feedforward_modules) {  // PEFT: a plain suffix match
+      const std::string name = item.get<std::string>();
+      if (path.size() >= name.size() && path.compare(path.size() - name.size(), name.size(), name) == 0) return true;
+    }
+  }
+  return false;
+}
+
+LoRAConfig LoRAConfig::for_module(const std::vector<std::string>& paths) const {
+  LoRAConfig c = *this;
+  if (const json rank = pattern_value(rank_pattern, paths); !rank.is_null()) c.r = rank.get<std::int64_t>();
+  if (const json a = pattern_value(alpha_pattern, paths); !a.is_null()) c.alpha = a;
+  return c;
+}
 
 LoRAConfig LoRAConfig::from_json(const json& options, const std::string& source) {
   JsonReader r(options, source);
@@ -92,6 +186,31 @@ LoRAConfig LoRAConfig::from_json(const json& options, const std::string& source)
   c.vera_d = r.get_double("vera_d", c.vera_d);
   c.vera_b = r.get_double("vera_b", c.vera_b);
   c.projection_prng_key = r.get_int("projection_prng_key", c.projection_prng_key);
+  check_module_selector(r, "target_modules");
+  check_module_selector(r, "exclude_modules");
+  check_module_selector(r, "feedforward_modules");
+  if (r.has("feedforward_modules")) c.feedforward_modules = r.raw("feedforward_modules");
+  if (r.has("target_modules")) c.target_modules = r.raw("target_modules");
+  if (r.has("exclude_modules")) c.exclude_modules = r.raw("exclude_modules");
+  if (r.has("layers_to_transform")) c.layers_to_transform = r.get_int_list("layers_to_transform");
+  for (const char* key : {"rank_pattern", "alpha_pattern"}) {
+    if (!r.has(key) || r.raw(key).is_null()) continue;
+    const json& patterns = r.raw(key);
+    if (!patterns.is_object()) r.fail(key, "an object {pattern: number}");
+    for (auto it = patterns.begin(); it != patterns.end(); ++it) {
+      const bool rank = std::string(key) == "rank_pattern";
+      if (!it.value().is_number() || it.value().is_boolean() || it.value().get<double>() <= 0 ||
+          (rank && !it.value().is_number_integer())) {
+        r.fail(key, str(rank ? "a positive integer rank" : "a positive alpha", " for pattern '", it.key(), "'"));
+      }
+      try {
+        std::regex re(it.key());
+      } catch (const std::regex_error& e) {
+        r.fail(key, str("patterns that are valid regular expressions ('", it.key(), "': ", e.what(), ")"));
+      }
+    }
+    (std::string(key) == "rank_pattern" ? c.rank_pattern : c.alpha_pattern) = patterns;
+  }
 
   if (c.is_ia3() && c.r != 1) {
     throw Error(str(source, ": composition_mode \"scale\" ((IA)^3) needs r = 1, found r = ", c.r));
@@ -99,9 +218,12 @@ LoRAConfig LoRAConfig::from_json(const json& options, const std::string& source)
   if (c.is_vera() && c.is_ia3()) throw Error(source + ": init_weights \"vera\" needs composition_mode \"add\"");
   if (c.use_dora && c.is_ia3()) throw Error(source + ": use_dora needs composition_mode \"add\"");
   if (c.use_dora && c.is_vera()) throw Error(source + ": use_dora and init_weights \"vera\" cannot be combined");
+  if (!c.feedforward_modules.is_null() && (!c.is_ia3() || !c.targets_modules())) {
+    throw Error(source + ": feedforward_modules needs (IA)^3 (composition_mode \"scale\") with target_modules");
+  }
   if (c.use_dora && c.use_gating) throw NotSupported(source + ": use_gating with use_dora is not supported");
   const bool attention = c.selfattn_lora && !c.attn_matrices.empty();
-  if (!attention && !c.intermediate_lora && !c.output_lora) {
+  if (!c.targets_modules() && !attention && !c.intermediate_lora && !c.output_lora) {
     throw Error(source + ": the adapter is placed nowhere (selfattn_lora with attn_matrices, intermediate_lora "
                          "and output_lora select no layer)");
   }
@@ -125,6 +247,12 @@ json LoRAConfig::to_json() const {
   if (!leave_out.empty()) j["leave_out"] = leave_out;
   if (use_rslora) j["use_rslora"] = true;
   if (use_dora) j["use_dora"] = true;
+  if (targets_modules()) j["target_modules"] = target_modules;
+  if (!exclude_modules.is_null()) j["exclude_modules"] = exclude_modules;
+  if (!layers_to_transform.empty()) j["layers_to_transform"] = layers_to_transform;
+  if (!rank_pattern.empty()) j["rank_pattern"] = rank_pattern;
+  if (!alpha_pattern.empty()) j["alpha_pattern"] = alpha_pattern;
+  if (!feedforward_modules.is_null()) j["feedforward_modules"] = feedforward_modules;
   if (is_vera()) {
     j["vera_d"] = vera_d;
     j["vera_b"] = vera_b;
@@ -286,13 +414,12 @@ class LoRADeltaImpl : public FamilyDelta {
 
   // (..., rows): dropout(x) A^T B^T, slice by slice.
   Tensor low_rank(const Tensor& x) {
-    Tensor a = torch::matmul(dropped(x), lora_A.t());
-    if (slices_.size() == 1) return torch::matmul(a, lora_B.t());
+    Tensor a = nn::linear(dropped(x), lora_A);
+    if (slices_.size() == 1) return nn::linear(a, lora_B);
     std::vector<Tensor> parts;
     std::int64_t row = 0;
     for (std::size_t i = 0; i < slices_.size(); ++i) {
-      parts.push_back(torch::matmul(a.narrow(-1, static_cast<std::int64_t>(i) * r_, r_),
-                                    lora_B.narrow(0, row, slices_[i].size).t()));
+      parts.push_back(nn::linear(a.narrow(-1, static_cast<std::int64_t>(i) * r_, r_), lora_B.narrow(0, row, slices_[i].size)));
       row += slices_[i].size;
     }
     return torch::cat(parts, -1);
@@ -302,19 +429,17 @@ class LoRADeltaImpl : public FamilyDelta {
     if (gate_) return y + spread(low_rank(call.x) * gate_rows(gate(call.x, call.ctx)), 0.0);
     if (covers_all_ && slices_.size() == 1 && y.is_contiguous()) {
       // One fused GEMM: y + s * (x A^T) B^T.
-      Tensor a = torch::matmul(dropped(call.x), lora_A.t());
-      return torch::addmm(y.reshape({-1, out_features_}), a.reshape({-1, r_}), lora_B.t(), 1.0, scaling_)
-          .view(y.sizes());
+      return nn::add_linear(y, nn::linear(dropped(call.x), lora_A), lora_B, scaling_);
     }
     // A fused layer (GPT-2's c_attn with q and v chosen): each chosen slice's columns get their
     // delta added in place to a copy of y, without building the full-width delta.
-    Tensor a = torch::matmul(dropped(call.x), lora_A.t());  // (..., n*r)
+    Tensor a = nn::linear(dropped(call.x), lora_A);  // (..., n*r)
     Tensor out = y.clone();
     std::int64_t row = 0;
     for (std::size_t i = 0; i < slices_.size(); ++i) {
       const Tensor b = lora_B.narrow(0, row, slices_[i].size);
       out.narrow(-1, slices_[i].offset, slices_[i].size)
-          .add_(torch::matmul(a.narrow(-1, static_cast<std::int64_t>(i) * r_, r_), b.t()), scaling_);
+          .add_(nn::linear(a.narrow(-1, static_cast<std::int64_t>(i) * r_, r_), b), scaling_);
       row += slices_[i].size;
     }
     return out;
@@ -341,17 +466,22 @@ class LoRADeltaImpl : public FamilyDelta {
 
 // (IA)^3: y *= s * lora_B over the chosen rows (bias included, as the reference's forward); the
 // gate replaces s when gating.
+// (IA)^3: y * (s * l) over the chosen rows, bias included; with scale_input (PEFT's
+// feedforward_modules) W (s * l * x) + b, lora_B then being (1, in).
 class IA3DeltaImpl : public FamilyDelta {
  public:
   IA3DeltaImpl(const std::string& adapter, const LoRAConfig& c, const nn::AdaptedLinearImpl& site,
-               std::vector<OutputSlice> slices)
-      : FamilyDelta(adapter, c, site, std::move(slices)) {
-    lora_B = register_parameter("lora_B", torch::zeros({rows_, 1}));
+               std::vector<OutputSlice> slices, bool scale_input = false)
+      : FamilyDelta(adapter, c, site, std::move(slices)), scale_input_(scale_input) {
+    ADAPTERS_CHECK(!scale_input || (covers_all_ && !gate_), "adapter '", adapter,
+                   "': an input-scaling (IA)^3 adapts a whole layer, without gating");
+    lora_B = register_parameter("lora_B", scale_input ? torch::zeros({1, in_features_}) : torch::zeros({rows_, 1}));
     init_matrix(lora_B, c.init_weights, false);
   }
 
   Tensor apply(const nn::LinearCall& call, const Tensor& y) override {
     const Tensor l = lora_B.view(-1);
+    if (scale_input_) return y + nn::linear(call.x * (l * scaling_ - 1.0), call.weight);  // keeps earlier deltas
     if (gate_) return y * spread(l * gate_rows(gate(call.x, call.ctx)), 1.0);
     return y * spread(l * scaling_, 1.0);
   }
@@ -362,6 +492,10 @@ class IA3DeltaImpl : public FamilyDelta {
 
   void merge_into(Tensor& weight, Tensor& bias) const override {
     const Tensor factor = lora_B.detach().view(-1).to(torch::kFloat) * scaling_;
+    if (scale_input_) {  // the columns of W; the bias is not scaled
+      weight.copy_(weight.to(torch::kFloat) * factor.unsqueeze(0));
+      return;
+    }
     std::int64_t row = 0;
     for (const auto& s : slices_) {
       const Tensor f = factor.narrow(0, row, s.size);
@@ -378,6 +512,9 @@ class IA3DeltaImpl : public FamilyDelta {
   }
 
   Tensor lora_B;
+
+ private:
+  bool scale_input_;
 };
 
 // VeRA's frozen random projections of one adapter, shared by all its layers: buffers (not
@@ -509,11 +646,12 @@ class DoraDeltaImpl : public FamilyDelta {
 struct Placement {
   nn::AdaptedLinearImpl* site;
   std::vector<OutputSlice> slices;
+  LoRAConfig config;
+  bool scale_input = false;  // (IA)^3 on a feedforward module
 };
 
-void attach(const std::string& adapter, const json& values, models::BaseModelImpl& model) {
-  const std::string source = "adapter '" + adapter + "'";
-  const LoRAConfig c = LoRAConfig::from_json(values, source);
+// Placement by role: the slices of each layer whose role and layer the config selects.
+std::vector<Placement> places_by_role(const LoRAConfig& c, models::BaseModelImpl& model, const std::string& source) {
   std::vector<Placement> places;
   for (nn::AdaptedLinearImpl* site : model.sites().linear) {
     std::vector<OutputSlice> chosen;
@@ -525,8 +663,36 @@ void attach(const std::string& adapter, const json& values, models::BaseModelImp
       throw NotSupported(str(source, ": ", c.variant(), " on a fused projection (", site->describe(),
                              ") is not supported yet"));
     }
-    places.push_back({site, std::move(chosen)});
+    places.push_back({site, std::move(chosen), c});
   }
+  return places;
+}
+
+// Placement by module path (target_modules): each targeted layer as a whole; none is an error.
+std::vector<Placement> places_by_module(const LoRAConfig& c, models::BaseModelImpl& model, const std::string& source) {
+  const std::string prefix = models::arch_spec(model.config().model_type).base_prefix;
+  const auto& sites = model.sites();
+  std::vector<Placement> places;
+  for (std::size_t i = 0; i < sites.linear.size(); ++i) {
+    const std::vector<std::string> paths = {sites.linear_paths[i], prefix + "." + sites.linear_paths[i]};
+    if (!c.targets(paths)) continue;
+    nn::AdaptedLinearImpl* site = sites.linear[i];
+    places.push_back({site, {OutputSlice{"module", 0, site->out_features()}}, c.for_module(paths), c.scales_input(paths)});
+  }
+  if (places.empty()) {
+    std::string some;
+    for (std::size_t i = 0; i < sites.linear_paths.size() && i < 8; ++i) some += (i ? ", " : "") + sites.linear_paths[i];
+    throw Error(str(source, ": target_modules ", c.target_modules.dump(), " match no linear layer of this ",
+                    model.config().model_type, " model (an adapter that adapts nothing would silently be the base model)"),
+                "its linear layers are named like: " + some);
+  }
+  return places;
+}
+
+void attach(const std::string& adapter, const json& values, models::BaseModelImpl& model) {
+  const std::string source = "adapter '" + adapter + "'";
+  const LoRAConfig c = LoRAConfig::from_json(values, source);
+  std::vector<Placement> places = c.targets_modules() ? places_by_module(c, model, source) : places_by_role(c, model, source);
   std::shared_ptr<VeraProjectionsImpl> shared;
   if (c.is_vera() && !places.empty()) {
     std::int64_t max_in = 0, max_out = 0;
@@ -545,13 +711,13 @@ void attach(const std::string& adapter, const json& values, models::BaseModelImp
   for (auto& p : places) {
     std::shared_ptr<nn::LinearDelta> delta;
     if (c.is_ia3()) {
-      delta = std::make_shared<IA3DeltaImpl>(adapter, c, *p.site, p.slices);
+      delta = std::make_shared<IA3DeltaImpl>(adapter, p.config, *p.site, p.slices, p.scale_input);
     } else if (c.is_vera()) {
-      delta = std::make_shared<VeraDeltaImpl>(adapter, c, *p.site, p.slices, shared);
+      delta = std::make_shared<VeraDeltaImpl>(adapter, p.config, *p.site, p.slices, shared);
     } else if (c.is_dora()) {
-      delta = std::make_shared<DoraDeltaImpl>(adapter, c, *p.site, p.slices);
+      delta = std::make_shared<DoraDeltaImpl>(adapter, p.config, *p.site, p.slices);
     } else {
-      delta = std::make_shared<LoRADeltaImpl>(adapter, c, *p.site, p.slices);
+      delta = std::make_shared<LoRADeltaImpl>(adapter, p.config, *p.site, p.slices);
     }
     p.site->add_adapter(adapter, delta);
   }

@@ -28,6 +28,21 @@
 //                              y += lambda_b * ((lambda_d * (x A^T)) B^T); no alpha scale (as PEFT)
 //   vera_d (0.1), vera_b (0.0) VeRA's initial lambda_d and lambda_b (the newer reference's names)
 //   projection_prng_key (0)    VeRA's seed for A and B (PEFT's name)
+//   target_modules (null)      PEFT's placement by module path, replacing selfattn_lora,
+//                              intermediate_lora, output_lora, attn_matrices and leave_out: a list
+//                              of names (a module matches when its path is the name or ends in
+//                              "." + name) or one regex (matching the whole path); paths are tried
+//                              under the base model and with its prefix ("model.layers.0.mlp.up_proj").
+//                              A targeted layer is adapted as a whole (a fused c_attn too: one A, one B)
+//   exclude_modules (null)     the same forms: matching modules are left out
+//   layers_to_transform ([])   with a list of target names: only the modules whose path's last
+//                              ".<name>.<i>." index is listed (PEFT's rule)
+//   rank_pattern, alpha_pattern ({})  {pattern: r / alpha} for the modules whose path ends in
+//                              the pattern (a regex; "^..." matches from the start), as PEFT
+//   feedforward_modules (null) (IA)^3 with target_modules: the targeted modules whose path ends in
+//                              one of these names (or matches this regex) scale their input
+//                              instead of their output, as PEFT's IA3: y = W (l * x) + b, with
+//                              lora_B of shape (1, in)
 // Presets: "lora", "ia3" (k, v and intermediate, scale mode, r = 1, ones), "vera" (r = 256, as
 // PEFT), "dora" (lora with use_dora).
 //
@@ -69,6 +84,12 @@ struct LoRAConfig {
   double vera_d = 0.1;
   double vera_b = 0.0;
   std::int64_t projection_prng_key = 0;
+  json target_modules;  // null: placement by role
+  json exclude_modules;
+  std::vector<std::int64_t> layers_to_transform;
+  json rank_pattern = json::object();
+  json alpha_pattern = json::object();
+  json feedforward_modules;
 
   static LoRAConfig from_json(const json& options, const std::string& source);
   json to_json() const;
@@ -80,8 +101,15 @@ struct LoRAConfig {
   std::string variant() const;
   // alpha / r (alpha / sqrt(r) with use_rslora); 1 for VeRA.
   double scaling() const;
-  // Whether the adapter adapts the output slice of this role at this layer.
+  // Whether the adapter adapts the output slice of this role at this layer (placement by role).
   bool places_at(const std::string& role, std::int64_t layer) const;
+  bool targets_modules() const { return !target_modules.is_null(); }
+  // With target_modules: whether the module known by these paths (under the base model, with its
+  // prefix) is adapted, and its config (r and alpha from rank_pattern / alpha_pattern).
+  bool targets(const std::vector<std::string>& paths) const;
+  LoRAConfig for_module(const std::vector<std::string>& paths) const;
+  // (IA)^3 with target_modules: whether this module scales its input (feedforward_modules).
+  bool scales_input(const std::vector<std::string>& paths) const;
 };
 
 MethodSpec lora_method();

@@ -21,5 +21,7 @@ ArchSpec bart_arch();
 ArchSpec mbart_arch();
 ArchSpec t5_arch();
 ArchSpec mt5_arch();
+// Llama, Mistral, Qwen2, Gemma: the rows of the Llama-style table (models/llama.cpp).
+std::vector<ArchSpec> llama_style_archs();
 
 }  // namespace adapters::models

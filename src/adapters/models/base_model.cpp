@@ -14,7 +14,10 @@ HookSites find_hook_sites(const torch::nn::Module& module) {
   HookSites sites;
   for (const auto& item : module.named_modules("", /*include_self=*/false)) {
     torch::nn::Module* m = item.value().get();
-    if (auto* linear = dynamic_cast<nn::AdaptedLinearImpl*>(m)) sites.linear.push_back(linear);
+    if (auto* linear = dynamic_cast<nn::AdaptedLinearImpl*>(m)) {
+      sites.linear.push_back(linear);
+      sites.linear_paths.push_back(item.key());
+    }
     if (auto* residual = dynamic_cast<nn::ResidualAdapterDictImpl*>(m)) sites.residual.push_back(residual->site);
     if (auto* attention = dynamic_cast<nn::AttentionSiteModule*>(m)) sites.attention.push_back(attention->site);
   }

@@ -55,6 +55,7 @@ struct BaseModelOutput {
 struct HookSites {
   std::vector<nn::ResidualSite*> residual;
   std::vector<nn::AdaptedLinearImpl*> linear;
+  std::vector<std::string> linear_paths;  // each linear site's module path under the base model
   std::vector<nn::AttentionSite*> attention;
 };
 

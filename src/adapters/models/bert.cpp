@@ -116,13 +116,16 @@ struct BertEncoderImpl : torch::nn::Module {
 };
 TORCH_MODULE(BertEncoder);
 
+// The pooler's role: no AdapterHub config selects it; PEFT's target_modules can ("all-linear").
+constexpr const char* kPoolerRole = "pooler";
+
 struct BertPoolerImpl : torch::nn::Module {
   explicit BertPoolerImpl(const ModelConfig& c) {
-    dense = register_module("dense", torch::nn::Linear(c.hidden_size, c.hidden_size));
+    dense = register_module("dense", nn::AdaptedLinear(c.hidden_size, c.hidden_size, true, c.num_hidden_layers, kPoolerRole));
   }
   // (B,T,C) -> (B,C): tanh(dense(first token))
-  Tensor forward(const Tensor& h) { return torch::tanh(dense(h.select(1, 0))); }
-  torch::nn::Linear dense{nullptr};
+  Tensor forward(const Tensor& h, ForwardContext& ctx) { return torch::tanh(dense->forward(h.select(1, 0), ctx)); }
+  nn::AdaptedLinear dense{nullptr};
 };
 TORCH_MODULE(BertPooler);
 
@@ -148,8 +151,8 @@ class BertModelImpl : public BaseModelImpl {
     const Tensor x = i == 0 && embeddings_project ? embeddings_project(h) : h;  // (B,T,C)
     return encoder->layers[static_cast<std::size_t>(i)]->forward(x, args, ctx);
   }
-  BaseModelOutput finish(const Tensor& h, const LayerArgs&, ForwardContext&) override {
-    return {h, pooler ? pooler->forward(h) : Tensor()};
+  BaseModelOutput finish(const Tensor& h, const LayerArgs&, ForwardContext& ctx) override {
+    return {h, pooler ? pooler->forward(h, ctx) : Tensor()};
   }
 
  private:

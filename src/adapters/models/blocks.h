@@ -17,6 +17,25 @@ inline torch::nn::LayerNorm layer_norm(std::int64_t size, double eps) {
   return torch::nn::LayerNorm(torch::nn::LayerNormOptions({size}).eps(eps));
 }
 
+// RMS norm (T5LayerNorm, LlamaRMSNorm): w * x / sqrt(mean(x^2) + eps), computed in float32 and
+// returned in x's dtype; unit_offset scales by (1 + w) instead (GemmaRMSNorm, whose weight starts at 0).
+struct RMSNormImpl : torch::nn::Module {
+  RMSNormImpl(std::int64_t size, double eps, bool unit_offset = false) : eps(eps), unit_offset(unit_offset) {
+    weight = register_parameter("weight", unit_offset ? torch::zeros({size}) : torch::ones({size}));
+  }
+  // (..., C) -> (..., C)
+  torch::Tensor forward(const torch::Tensor& x) {
+    const torch::Tensor h = x.to(torch::kFloat32);
+    const torch::Tensor normed = h * torch::rsqrt(h.pow(2).mean(-1, true) + eps);
+    if (unit_offset) return (normed * (1.0 + weight.to(torch::kFloat32))).to(x.scalar_type());
+    return weight * normed.to(x.scalar_type());
+  }
+  double eps;
+  bool unit_offset;
+  torch::Tensor weight;
+};
+TORCH_MODULE(RMSNorm);
+
 // Dense + dropout, then the residual site (residual + LayerNorm, or the active adapters).
 struct ResidualOutputImpl : torch::nn::Module {
   ResidualOutputImpl(const ModelConfig& c, std::int64_t in_features, std::int64_t layer, const char* role,

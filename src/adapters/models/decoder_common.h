@@ -45,6 +45,17 @@ inline torch::Tensor last_token_summary(const torch::Tensor& h, const torch::Ten
   return h.index({torch::arange(B, last.options()), last});
 }
 
+// (B,C): the hidden state of each row's rightmost non-padding token, as transformers 5's sequence
+// classification reads it (Llama and its kin; the last token without a pad id).
+inline torch::Tensor rightmost_token_summary(const torch::Tensor& h, const torch::Tensor& input_ids, std::int64_t pad_token_id) {
+  const std::int64_t B = h.size(0), T = h.size(1);
+  if (!input_ids.defined() || pad_token_id < 0 || input_ids.size(1) != T) return h.select(1, T - 1);
+  const torch::Tensor real = input_ids.ne(pad_token_id).to(torch::kLong);
+  torch::Tensor last = (torch::arange(T, real.options()) * real).argmax(-1);  // (B)
+  last = nn::match_batch(last, h.select(2, 0).select(1, 0));
+  return h.index({torch::arange(B, last.options()), last});
+}
+
 // The pad token when config.json names one, else -1.
 inline std::int64_t configured_pad_token(const ModelConfig& c) {
   return c.raw.contains("pad_token_id") && c.raw["pad_token_id"].is_number_integer() ? c.pad_token_id : -1;

@@ -10,7 +10,8 @@
 namespace adapters::models {
 
 const std::vector<ArchSpec>& architectures() {
-  static const std::vector<ArchSpec> specs = {
+  static const std::vector<ArchSpec> specs = [] {
+    std::vector<ArchSpec> all = {
       bert_arch(),
       roberta_arch(),
       xlm_roberta_arch(),
@@ -27,7 +28,10 @@ const std::vector<ArchSpec>& architectures() {
       mbart_arch(),
       t5_arch(),
       mt5_arch(),
-  };
+    };
+    for (auto& spec : llama_style_archs()) all.push_back(std::move(spec));
+    return all;
+  }();
   return specs;
 }
 

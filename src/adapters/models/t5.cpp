@@ -11,6 +11,7 @@
 
 #include "adapters/core/error.h"
 #include "adapters/models/architectures.h"
+#include "adapters/models/blocks.h"
 #include "adapters/models/decoder_common.h"
 #include "adapters/models/seq2seq.h"
 #include "adapters/nn/activation.h"
@@ -22,17 +23,7 @@ namespace {
 using nn::ForwardContext;
 using torch::Tensor;
 
-struct T5LayerNormImpl : torch::nn::Module {
-  T5LayerNormImpl(std::int64_t size, double eps) : eps(eps) { weight = register_parameter("weight", torch::ones({size})); }
-  // (..., C) -> (..., C): w * x / sqrt(mean(x^2) + eps), the variance in float32
-  Tensor forward(const Tensor& x) {
-    const Tensor variance = x.to(torch::kFloat32).pow(2).mean(-1, true);
-    return weight * (x * torch::rsqrt(variance + eps)).to(weight.scalar_type());
-  }
-  double eps;
-  Tensor weight;
-};
-TORCH_MODULE(T5LayerNorm);
+using T5LayerNorm = blocks::RMSNorm;  // no mean, no bias
 
 // feed_forward_proj "relu" / "gelu" / "gated-gelu" / "gated-silu": (gated, activation).
 std::pair<bool, std::string> feed_forward(const ModelConfig& c) {

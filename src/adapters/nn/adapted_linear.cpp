@@ -13,6 +13,7 @@
 
 #include "adapters/core/error.h"
 #include "adapters/nn/composer.h"
+#include "adapters/nn/linear.h"
 
 namespace adapters::nn {
 
@@ -135,15 +136,7 @@ bool AdaptedLinearImpl::any_active(const Block& setup) const {
 
 // x W^T + b; Conv1D's layout computes x W + b with addmm, as HF does.
 Tensor AdaptedLinearImpl::forward(const Tensor& x, ForwardContext& ctx) {
-  Tensor y;
-  if (layout_ == WeightLayout::OutIn) {
-    y = torch::nn::functional::linear(x, weight, bias);
-  } else {
-    auto shape = x.sizes().vec();
-    shape.back() = weight.size(1);
-    const Tensor x2 = x.reshape({-1, x.size(-1)});
-    y = (bias.defined() ? torch::addmm(bias, x2, weight) : torch::mm(x2, weight)).view(shape);
-  }
+  const Tensor y = layout_ == WeightLayout::OutIn ? linear(x, weight, bias) : linear_in_out(x, weight, bias);
   if (ctx.setup == nullptr || loras->empty()) return y;
   // One adapter active (the common case, every decoding step): straight to its delta.
   const Block& setup = *ctx.setup;

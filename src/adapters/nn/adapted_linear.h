@@ -38,6 +38,7 @@ inline constexpr const char* kKey = "k";
 inline constexpr const char* kValue = "v";
 inline constexpr const char* kAttentionOut = "o";
 inline constexpr const char* kIntermediate = "intermediate";
+inline constexpr const char* kGate = "gate";  // the gate of a gated MLP (Llama's gate_proj): PEFT targets it by name
 inline constexpr const char* kOutput = "output";
 }  // namespace role
 

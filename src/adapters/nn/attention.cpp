@@ -28,6 +28,51 @@ Tensor rotate_every_two(const Tensor& x) {
   return torch::stack({-odd, even}, -1).flatten(-2);
 }
 
+// q (B,H,Tq,D) k (B,H,Tk,D) -> (B,H,Tq,Tk). One query row on the CPU (a decoding step) is a
+// broadcast product and a sum: libtorch's CPU bmm runs each head's (1,D)x(D,Tk) as its own GEMM
+// call, which made attention half of a GPT-2-small decoding step at batch 1.
+Tensor query_key_scores(const Tensor& q, const Tensor& k) {
+  if (q.size(2) == 1 && q.is_cpu()) return (q * k).sum(-1).unsqueeze(2);
+  return torch::matmul(q, k.transpose(-1, -2));
+}
+
+// probs (B,H,Tq,Tk) v (B,H,Tk,D) -> (B,H,Tq,D), with the same one-row path.
+Tensor weighted_values(const Tensor& probs, const Tensor& v) {
+  if (probs.size(2) == 1 && probs.is_cpu()) return (probs.transpose(-1, -2) * v).sum(-2, true);
+  return torch::matmul(probs, v);
+}
+
+// (d/2) float32: theta^(-2i/d), stretched as the rope type says (transformers' rope init functions).
+Tensor inverse_frequencies(const RotaryOptions& r, std::int64_t dim, const Tensor& positions) {
+  auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(positions.device());
+  const Tensor exponents = torch::arange(0, dim, 2, f32) / static_cast<double>(dim);
+  switch (r.scaling) {
+    case RopeScaling::Default: return 1.0 / torch::pow(r.theta, exponents);
+    case RopeScaling::Linear: return 1.0 / torch::pow(r.theta, exponents) / r.factor;
+    case RopeScaling::Dynamic: {
+      // NTK-aware: past the trained context the base grows with the longest position of the call.
+      const double length = static_cast<double>(positions.max().item<std::int64_t>() + 1);
+      const double trained = static_cast<double>(r.original_max_positions);
+      if (length <= trained) return 1.0 / torch::pow(r.theta, exponents);
+      const double base = r.theta * std::pow(r.factor * length / trained - (r.factor - 1.0),
+                                             static_cast<double>(dim) / static_cast<double>(dim - 2));
+      return 1.0 / torch::pow(base, exponents);
+    }
+    case RopeScaling::Llama3: {
+      const Tensor inv_freq = 1.0 / torch::pow(r.theta, exponents);
+      const double context = static_cast<double>(r.original_max_positions);
+      const double low_wavelength = context / r.low_freq_factor, high_wavelength = context / r.high_freq_factor;
+      const Tensor wavelength = 2.0 * M_PI / inv_freq;
+      Tensor scaled = torch::where(wavelength > low_wavelength, inv_freq / r.factor, inv_freq);
+      const Tensor smooth = (context / wavelength - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+      const Tensor smoothed = (1.0 - smooth) * scaled / r.factor + smooth * scaled;
+      const Tensor medium = wavelength.ge(high_wavelength).logical_and(wavelength.le(low_wavelength));
+      return torch::where(medium, smoothed, scaled);
+    }
+  }
+  return Tensor();
+}
+
 }  // namespace
 
 Tensor apply_rotary(const Tensor& x, const Tensor& positions, const RotaryOptions& rotary) {
@@ -35,8 +80,7 @@ Tensor apply_rotary(const Tensor& x, const Tensor& positions, const RotaryOption
   const std::int64_t dim = rotary.dim > 0 ? rotary.dim : x.size(-1);
   ADAPTERS_CHECK(dim % 2 == 0 && dim <= x.size(-1), "rotary dimension ", dim, " must be even and at most the head size ",
                  x.size(-1));
-  auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(x.device());
-  Tensor inv_freq = 1.0 / torch::pow(rotary.theta, torch::arange(0, dim, 2, f32) / static_cast<double>(dim));  // (d/2)
+  Tensor inv_freq = inverse_frequencies(rotary, dim, positions);  // (d/2)
   Tensor freqs = positions.to(torch::kFloat32).unsqueeze(-1) * inv_freq;  // (B,T,d/2)
   Tensor emb = rotary.layout == RotaryLayout::HalfSplit ? torch::cat({freqs, freqs}, -1)
                                                         : torch::repeat_interleave(freqs, 2, -1);  // (B,T,d)
@@ -178,7 +222,7 @@ Tensor AttentionImpl::attend(Tensor q, Tensor k, Tensor v, const AttentionCall& 
   }
   std::tie(k, v) = through_cache(std::move(k), std::move(v), call);
   AttentionState s = prefix.forward({std::move(q), std::move(k), std::move(v), call.mask, call.hidden}, ctx);
-  Tensor scores = torch::matmul(s.query, repeat_kv(s.key).transpose(-1, -2));  // (B,H,Tq,Tk)
+  Tensor scores = query_key_scores(s.query, repeat_kv(s.key));  // (B,H,Tq,Tk)
   if (!options_.scale) {
     scores = scores / std::sqrt(static_cast<double>(options_.head_dim));
   } else if (*options_.scale != 1.0) {
@@ -190,7 +234,7 @@ Tensor AttentionImpl::attend(Tensor q, Tensor k, Tensor v, const AttentionCall& 
   if (options_.zero_masked_rows && s.mask.defined()) {
     probs = probs.masked_fill(s.mask.lt(0.5 * lowest_value(s.mask.scalar_type())), 0.0);
   }
-  Tensor context = torch::matmul(dropout(probs), repeat_kv(s.value)).transpose(1, 2).contiguous();  // (B,Tq,H,D)
+  Tensor context = weighted_values(dropout(probs), repeat_kv(s.value)).transpose(1, 2).contiguous();  // (B,Tq,H,D)
   return context.view({context.size(0), context.size(1), options_.heads * options_.head_dim});
 }
 

@@ -69,10 +69,17 @@ struct KVCache {
 
 enum class RotaryLayout { None, HalfSplit, Interleaved };
 
+// How the rotary frequencies stretch past the trained context (HF's rope_type).
+enum class RopeScaling { Default, Linear, Dynamic, Llama3 };
+
 struct RotaryOptions {
   RotaryLayout layout = RotaryLayout::None;
   std::int64_t dim = 0;  // rotated dimensions of each head (partial rotary); 0 = head_dim
   double theta = 10000.0;
+  RopeScaling scaling = RopeScaling::Default;
+  double factor = 1.0;                      // linear, dynamic, llama3
+  std::int64_t original_max_positions = 0;  // dynamic: max_position_embeddings; llama3: the original context
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
 };
 
 // Applies rotary embeddings to x (B,H,T,D) at positions (B,T).
