@@ -8,6 +8,7 @@
 
 #include "adapters/core/json.h"
 #include "adapters/generate.h"
+#include "adapters/per_row.h"
 
 namespace adapters::fixtures {
 
@@ -84,10 +85,18 @@ CaseInputs read_inputs(const fs::path& case_dir) {
   return in;
 }
 
-io::TensorMap forward_outputs(AdapterModel& model, const CaseInputs& inputs, const std::string& prefix) {
+// adapter_per_row (PEFT's mixed batches): the adapter of each row, in one forward.
+std::vector<std::string> adapter_per_row(const JsonReader& c) {
+  return c.has("adapter_per_row") ? c.get_string_list("adapter_per_row") : std::vector<std::string>();
+}
+
+io::TensorMap forward_outputs(AdapterModel& model, const CaseInputs& inputs, const std::string& prefix,
+                              const std::vector<std::string>& rows = {}) {
   ForwardOptions options;
   options.head_inputs = inputs.extra;
-  return named_outputs(model->forward(inputs.model, options), prefix);
+  return named_outputs(rows.empty() ? model->forward(inputs.model, options)
+                                    : forward_per_row(*model, inputs.model, rows, options),
+                       prefix);
 }
 
 // model_dir is relative to the case folder; some generators wrote it relative to the fixture root
@@ -100,9 +109,6 @@ fs::path model_dir(const fs::path& case_dir, const JsonReader& c) {
 }
 
 void load_case_parts(AdapterModel& model, const fs::path& case_dir, const JsonReader& c, WeightsPreference weights) {
-  if (c.has("adapter_per_row")) {
-    throw NotSupported(str(c.source(), ": adapter_per_row (one adapter per batch row) is not implemented yet"));
-  }
   for (const auto& adapter : c.raw("adapters")) {
     JsonReader a(adapter, c.source() + ": adapters[]");
     const bool with_head = a.has("with_head") && a.raw("with_head").is_boolean() && a.raw("with_head").get<bool>();
@@ -204,7 +210,7 @@ CaseOutputs run_case(const fs::path& case_dir, WeightsPreference weights) {
     if (c.has("head_setup") && c.raw("head_setup").is_string()) model->set_active_head(c.get_string("head_setup"));
     model->eval();
     torch::NoGradGuard no_grad;
-    produced = forward_outputs(model, inputs, "");
+    produced = forward_outputs(model, inputs, "", adapter_per_row(c));
     if (wants_ejected(wanted)) {
       for (const auto& name : composition::parse(c.get_string("setup")).flatten()) model->eject_prefix_tuning(name);
       produced.merge(forward_outputs(model, inputs, kEjected));

@@ -12,6 +12,7 @@
 #include "adapters/core/log.h"
 #include "adapters/formats/keys.h"
 #include "adapters/methods/registry.h"
+#include "adapters/per_row.h"
 
 namespace adapters {
 
@@ -205,6 +206,7 @@ const methods::AdapterConfig& AdapterModelImpl::adapter_config(const std::string
 
 void AdapterModelImpl::check_setup(const Block& setup) const {
   for (const auto& name : setup.flatten()) {
+    if (name == kNoAdapter) continue;  // a member without adapter (the rows of forward_per_row)
     ADAPTERS_CHECK(has_adapter(name), "adapter setup ", setup.to_string(), ": unknown adapter '", name,
                    "' (known: ", join(adapter_names()), ")");
   }
