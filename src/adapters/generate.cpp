@@ -144,6 +144,12 @@ generation::GenerateOutput generate(AdapterModelImpl& model, const Tensor& input
   std::int64_t channels = 1;
   if (const auto& setup = model.active_setup()) {
     check_setup_can_generate(*setup, setup->to_string());
+    for (const auto& name : setup->flatten()) {
+      if (model.has_adapter(name) && model.adapter_config(name).method == "prompt_tuning") {
+        throw NotSupported(str("generate: adapter '", name, "' is a prompt-tuning adapter; generating with soft prompts ",
+                               "(their positions before the cache) is not supported yet"));
+      }
+    }
     channels = composition::parallel_channels(*setup);
   }
   check_heads_can_generate(model, channels);

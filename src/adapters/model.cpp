@@ -78,6 +78,39 @@ ModelInputs prepare_inputs(const ModelInputs& in, const torch::Device& device) {
   return out;
 }
 
+// Prompt tuning joined at the input (combine "input", PEFT's placement): the setup's first adapter's
+// soft tokens go before the word embeddings of input_ids, passed on as inputs_embeds, so that the
+// model's own embedding layer (positions, token types, norms, Gemma's scale) covers them; the
+// attention mask grows by P attended positions, token types by P zeros. Encoder-decoder models take
+// them on the encoder side. Only for a forward without past tokens (generation refuses them).
+ModelInputs with_input_prompt(const ModelInputs& in, const Block* setup, const AdapterModelImpl& model) {
+  if (setup == nullptr) return in;
+  const std::string first = setup->first();
+  if (!model.has_adapter(first)) return in;
+  const methods::AdapterConfig& config = model.adapter_config(first);
+  if (config.method != "prompt_tuning" || config.values.value("combine", std::string()) != "input") return in;
+  const std::string key = str("prompt_tunings.", first, ".prompt_embedding.weight");
+  Tensor prompt;
+  for (const auto& item : model.base().named_parameters()) {
+    const std::string& k = item.key();
+    if (k.size() >= key.size() && k.compare(k.size() - key.size(), key.size(), key) == 0) prompt = item.value();
+  }
+  ADAPTERS_CHECK(prompt.defined(), "prompt tuning '", first, "': no soft prompt in the model");
+  ADAPTERS_CHECK(in.cache == nullptr || in.cache->length() == 0, "prompt tuning '", first,
+                 "' (combine \"input\") joins the first forward only; continuing a cache with it is not supported");
+  ADAPTERS_CHECK(in.input_ids.defined() || in.inputs_embeds.defined(), "prompt tuning '", first,
+                 "' needs input_ids or inputs_embeds");
+  const Tensor embeds = in.inputs_embeds.defined() ? in.inputs_embeds : model.base().input_embeddings(in.input_ids);
+  const std::int64_t B = embeds.size(0), P = prompt.size(0);
+  ModelInputs out = in;
+  out.input_ids = Tensor();
+  out.position_ids = Tensor();
+  out.inputs_embeds = torch::cat({prompt.unsqueeze(0).expand({B, P, prompt.size(1)}).to(embeds.dtype()), embeds}, 1);
+  if (in.attention_mask.defined()) out.attention_mask = torch::cat({torch::ones({B, P}, in.attention_mask.options()), in.attention_mask}, 1);
+  if (in.token_type_ids.defined()) out.token_type_ids = torch::cat({torch::zeros({B, P}, in.token_type_ids.options()), in.token_type_ids}, 1);
+  return out;
+}
+
 }  // namespace
 
 // Encoder-decoder models without decoder inputs derive them from the labels (shifted right) when
@@ -116,7 +149,7 @@ ModelOutput AdapterModelImpl::forward(const ModelInputs& raw_inputs, const Forwa
   ctx.pad_token_id = config().pad_token_id;
   ctx.output_gating_scores = options.output_gating_scores;
   ctx.output_fusion_attentions = options.output_fusion_attentions;
-  models::BaseModelOutput base = base_->forward(with_decoder_inputs(inputs, options), ctx);
+  models::BaseModelOutput base = base_->forward(with_input_prompt(with_decoder_inputs(inputs, options), ctx.setup, *this), ctx);
   ModelOutput out;
   out.last_hidden_state = base.last_hidden_state;
   out.pooler_output = base.pooler_output;
@@ -138,7 +171,11 @@ void AdapterModelImpl::add_adapter(const std::string& name, const methods::Adapt
     delete_adapter(name);
   }
   const auto& method = methods::method_spec(config.method);
-  if (auto refused = arch_->unsupported_methods.find(config.method); refused != arch_->unsupported_methods.end()) {
+  // Soft tokens joined at the input (PEFT's prompt tuning) are input tokens: every text model takes them.
+  const bool input_prompt = config.method == "prompt_tuning" && config.values.value("combine", std::string()) == "input" &&
+                            arch_->input == models::InputKind::Text;
+  if (auto refused = arch_->unsupported_methods.find(config.method);
+      refused != arch_->unsupported_methods.end() && !input_prompt) {
     throw NotSupported(str("add_adapter '", name, "': ", config.method, " is not supported on ", arch_->model_type, ": ",
                            refused->second));
   }

@@ -141,6 +141,26 @@ void load_vera_projections(AdapterModelImpl& model, const std::string& name, con
   }
 }
 
+// PEFT's prompt_embeddings (num_virtual_tokens x submodules, token_dim): its first rows are the prompt.
+void load_prompt(AdapterModelImpl& model, const std::string& name, const methods::AdapterConfig& config,
+                 const io::TensorMap& saved, const std::string& source) {
+  ADAPTERS_CHECK(saved.size() == 1 && saved.count("prompt_embeddings"), source,
+                 ": a PEFT prompt-tuning adapter holds exactly one tensor, 'prompt_embeddings'");
+  const torch::Tensor& rows = saved.at("prompt_embeddings");
+  const std::int64_t P = config.values.at("prompt_length").get<std::int64_t>();
+  ADAPTERS_CHECK(rows.dim() == 2 && rows.size(0) >= P && rows.size(0) % P == 0, source, ": prompt_embeddings has shape ",
+                 rows.sizes(), ", expected (k x ", P, ", token_dim)");
+  model.add_adapter(name, config);
+  try {
+    io::TensorMap state = model.adapter_state_dict(name);
+    ADAPTERS_CHECK(state.size() == 1, source, ": unexpected prompt-tuning parameters");
+    model.load_adapter_state_dict(name, {{state.begin()->first, rows.narrow(0, 0, P)}}, source);
+  } catch (...) {
+    model.delete_adapter(name);
+    throw;
+  }
+}
+
 }  // namespace
 
 bool is_peft_folder(const fs::path& dir) {
@@ -157,8 +177,15 @@ methods::AdapterConfig from_peft_config(const json& peft, const std::string& sou
   if (type == "LORA") return lora_config(peft, source);
   if (type == "IA3") return ia3_config(peft, source);
   if (type == "VERA") return vera_config(peft, source);
-  if (type == "PREFIX_TUNING" || type == "PROMPT_TUNING") {
-    throw NotSupported(str(source, ": PEFT ", type, " adapters are not read yet"), "LoRA, rsLoRA, DoRA, IA3 and VeRA are");
+  if (type == "PROMPT_TUNING") {
+    // The soft tokens join the encoder's (or the decoder-only model's) input embeddings; a seq2seq
+    // adapter's second block of num_virtual_tokens rows is not used by PEFT's prompt tuning forward.
+    return methods::AdapterConfig::from_json(
+        {{"architecture", "prompt_tuning"}, {"prompt_length", r.get_int("num_virtual_tokens")}, {"combine", "input"}}, source);
+  }
+  if (type == "PREFIX_TUNING") {
+    throw NotSupported(str(source, ": PEFT ", type, " adapters are not read yet"),
+                       "LoRA, rsLoRA, DoRA, IA3, VeRA and prompt tuning are");
   }
   throw Error(str(source, ": unknown peft_type '", type, "'"),
               "expected LORA, IA3, VERA, PREFIX_TUNING or PROMPT_TUNING");
@@ -196,6 +223,10 @@ void load_peft_adapter(AdapterModelImpl& model, const fs::path& dir, const std::
   const fs::path weights_path =
       fs::exists(st) && fs::exists(bin) ? (weights == WeightsPreference::Bin ? bin : st) : fs::exists(st) ? st : bin;
   const io::TensorMap saved = io::read_checkpoint(weights_path);
+  if (config.method == "prompt_tuning") {
+    load_prompt(model, name, config, saved, weights_path.string());
+    return;
+  }
   const std::string& prefix = model.arch().base_prefix;
   io::TensorMap renamed;
   for (const auto& [key, tensor] : saved) {

@@ -62,7 +62,9 @@ PromptTuningConfig PromptTuningConfig::from_json(const json& options, const std:
     throw Error(source + ": prompt_init=\"from_string\" needs prompt_init_text");
   }
   c.combine = r.get_string("combine", c.combine);
-  if (c.combine != "prefix" && c.combine != "prefix_after_bos") r.fail("combine", "\"prefix\" or \"prefix_after_bos\"");
+  if (c.combine != "prefix" && c.combine != "prefix_after_bos" && c.combine != "input") {
+    r.fail("combine", "\"prefix\", \"prefix_after_bos\" or \"input\"");
+  }
   return c;
 }
 
@@ -73,7 +75,7 @@ json PromptTuningConfig::to_json() const {
 
 PromptTuningImpl::PromptTuningImpl(const PromptTuningConfig& config, const models::BaseModelImpl& model,
                                    const std::string& source)
-    : after_bos_(config.combine == "prefix_after_bos") {
+    : after_bos_(config.combine == "prefix_after_bos"), at_input_(config.combine == "input") {
   const std::int64_t hidden = model.config().embedding_size;  // prompts join the embeddings (E wide on ALBERT, ELECTRA)
   prompt_embedding_ = register_module("prompt_embedding", torch::nn::Embedding(config.prompt_length, hidden));
   torch::NoGradGuard no_grad;
@@ -104,7 +106,7 @@ PromptTuningLayerImpl::PromptTuningLayerImpl() : prompts_(nn::make_adapter_dict<
 Tensor PromptTuningLayerImpl::embeddings(const Tensor& h, Tensor& attention_mask, nn::ForwardContext& ctx) {
   if (ctx.setup == nullptr || prompts_->empty()) return h;
   PromptTuningImpl* prompt = prompts_->find(ctx.setup->first());
-  return prompt ? prompt->forward(h, attention_mask) : h;
+  return prompt && !prompt->at_input() ? prompt->forward(h, attention_mask) : h;  // "input": joined by AdapterModel
 }
 
 void PromptTuningLayerImpl::delete_adapter(const std::string& name) { prompts_->erase(name); }

@@ -3,6 +3,8 @@
 // the embedded input at the embedding hook, before the first token ("prefix") or after it
 // ("prefix_after_bos"); the (B,T) attention mask grows by P attended positions. Acts when the
 // active setup's first adapter is a prompt-tuning adapter; the output sequence is T+P long.
+// combine "input" (PEFT's placement, an extension) joins the soft tokens before the word embeddings
+// instead, as inputs_embeds, so that the model's embedding layer covers them (AdapterModel does it).
 #pragma once
 
 #include <torch/nn/modules/embedding.h>
@@ -23,7 +25,7 @@ struct PromptTuningConfig {
   // from_string: the text (needs the model's tokenizer, not available to the library: refused)
   // or, as an extension of this library, the token ids themselves, e.g. [101, 2023, 102].
   json prompt_init_text = nullptr;
-  std::string combine = "prefix";  // or "prefix_after_bos"
+  std::string combine = "prefix";  // or "prefix_after_bos", or "input" (before the embedding layer, PEFT)
 
   static PromptTuningConfig from_json(const json& options, const std::string& source);
   json to_json() const;
@@ -35,9 +37,11 @@ class PromptTuningImpl : public torch::nn::Module {
   PromptTuningImpl(const PromptTuningConfig& config, const models::BaseModelImpl& model, const std::string& source);
   // h (B,T,C), attention_mask (B,T) or undefined -> (B,T+P,C), mask (B,T+P)
   torch::Tensor forward(const torch::Tensor& h, torch::Tensor& attention_mask);
+  bool at_input() const { return at_input_; }
 
  private:
   bool after_bos_;
+  bool at_input_;
   torch::nn::Embedding prompt_embedding_{nullptr};
 };
 

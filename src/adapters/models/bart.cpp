@@ -175,6 +175,11 @@ class BartModelImpl : public EncoderDecoderModelImpl {
     return torch::cat({start, out.slice(1, 0, -1)}, 1);
   }
 
+  // BartScaledWordEmbedding: the scale is part of the embedding module.
+  Tensor input_embeddings(const Tensor& input_ids) const override {
+    return torch::embedding(encoder->embed_tokens->weight, input_ids) * encoder->embed_scale;
+  }
+
  protected:
   void check_inputs(const ModelInputs& in) const override {
     EncoderDecoderModelImpl::check_inputs(in);

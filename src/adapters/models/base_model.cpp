@@ -46,6 +46,12 @@ Tensor BaseModelImpl::word_embeddings() const {
   return w ? *w : Tensor();
 }
 
+Tensor BaseModelImpl::input_embeddings(const Tensor& input_ids) const {
+  const Tensor w = word_embeddings();
+  ADAPTERS_CHECK(w.defined(), config_.model_type, " has no input word embeddings");
+  return torch::embedding(w, input_ids);
+}
+
 std::int64_t BaseModelImpl::batch_size(const ModelInputs& in) const {
   for (const Tensor* t : {&in.input_ids, &in.inputs_embeds, &in.pixel_values}) {
     if (t->defined()) return t->size(0);

@@ -93,6 +93,10 @@ class BaseModelImpl : public torch::nn::Module {
 
   // The input embedding matrix (V,E) named by the architecture's table; undefined when it has none.
   torch::Tensor word_embeddings() const;
+  // (B,T) -> (B,T,E): what HF's input embedding module (get_input_embeddings()) gives for these
+  // ids, i.e. what a caller passing inputs_embeds must pass: the rows of word_embeddings(), scaled
+  // where the architecture's embedding module scales (Gemma, BART with scale_embedding).
+  virtual torch::Tensor input_embeddings(const torch::Tensor& input_ids) const;
 
   // Rows of the batch these inputs describe.
   virtual std::int64_t batch_size(const ModelInputs& inputs) const;

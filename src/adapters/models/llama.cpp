@@ -189,12 +189,21 @@ class LlamaModelImpl : public BaseModelImpl {
     BaseModelImpl::check_inputs(in);
     check_positions_fit(in, config_);
   }
-  // (B,T,C); Gemma scales by sqrt(hidden) in the embeddings' dtype, as HF does.
+  // (B,T,C); given inputs_embeds are taken as they are (transformers 5 scales Gemma's inside its
+  // embedding module: input_embeddings()).
   Tensor embed(const ModelInputs& in, LayerArgs&, ForwardContext&) override {
-    Tensor h = in.inputs_embeds.defined() ? in.inputs_embeds : embed_tokens(in.input_ids);
+    return in.inputs_embeds.defined() ? in.inputs_embeds : input_embeddings(in.input_ids);
+  }
+
+ public:
+  // Gemma scales by sqrt(hidden) in the embeddings' dtype, as HF's scaled word embedding does.
+  Tensor input_embeddings(const Tensor& input_ids) const override {
+    Tensor h = torch::embedding(embed_tokens->weight, input_ids);
     if (!style_.scale_embeddings) return h;
     return h * torch::tensor(std::sqrt(static_cast<double>(config_.hidden_size)), h.options());
   }
+
+ protected:
   // The full causal mask; layers with a sliding window get theirs from extras["sliding_mask"].
   Tensor attention_mask(const Tensor& x, const LayerArgs& args) const override {
     return causal_mask(x, args, /*add_padding_to_causal=*/false);
