@@ -62,12 +62,13 @@ inline std::int64_t configured_pad_token(const ModelConfig& c) {
 }
 
 // HF's decoder-only heads: *ForSequenceClassification (`score`, no bias, last real token),
-// *ForTokenClassification, *ForQuestionAnswering and the LM head (`lm_head`).
-inline std::vector<StaticHeadSpec> decoder_static_heads(bool lm_bias) {
+// *ForTokenClassification (`token_classifier`: GPT-2's `classifier`, Llama's `score`),
+// *ForQuestionAnswering and the LM head (`lm_head`).
+inline std::vector<StaticHeadSpec> decoder_static_heads(bool lm_bias, const char* token_classifier = "classifier") {
   return {
       {"ForSequenceClassification", "classification",
        {{"layers", 1}, {"activation_function", nullptr}, {"use_pooler", false}, {"bias", false}}, {"", "score"}},
-      {"ForTokenClassification", "tagging", {{"layers", 1}, {"activation_function", nullptr}}, {"", "classifier"}},
+      {"ForTokenClassification", "tagging", {{"layers", 1}, {"activation_function", nullptr}}, {"", token_classifier}},
       {"ForQuestionAnswering", "question_answering",
        {{"layers", 1}, {"activation_function", nullptr}, {"num_labels", 2}}, {"", "qa_outputs"}},
       {"LMHeadModel", "causal_lm", {{"layers", 1}, {"activation_function", nullptr}, {"bias", lm_bias}}, {"lm_head"}},

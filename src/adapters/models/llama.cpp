@@ -242,20 +242,6 @@ class LlamaModelImpl : public BaseModelImpl {
   RMSNorm norm{nullptr};
 };
 
-// HF's Llama-family heads: *ForCausalLM (lm_head), *ForSequenceClassification and
-// *ForTokenClassification (score, no bias), *ForQuestionAnswering (qa_outputs).
-std::vector<StaticHeadSpec> llama_static_heads() {
-  const json lm = {{"layers", 1}, {"activation_function", nullptr}, {"bias", false}};
-  return {
-      {"ForSequenceClassification", "classification",
-       {{"layers", 1}, {"activation_function", nullptr}, {"use_pooler", false}, {"bias", false}}, {"", "score"}},
-      {"ForTokenClassification", "tagging", {{"layers", 1}, {"activation_function", nullptr}}, {"", "score"}},
-      {"ForQuestionAnswering", "question_answering",
-       {{"layers", 1}, {"activation_function", nullptr}, {"num_labels", 2}}, {"", "qa_outputs"}},
-      {"ForCausalLM", "causal_lm", lm, {"lm_head"}},
-  };
-}
-
 ArchSpec llama_style_arch(const Style& style) {
   ArchSpec spec;
   spec.model_type = style.model_type;
@@ -266,7 +252,7 @@ ArchSpec llama_style_arch(const Style& style) {
   spec.word_embeddings = "embed_tokens.weight";
   spec.kind = ArchKind::Decoder;
   spec.heads_split_hidden = false;  // head_dim may differ from hidden / heads (Gemma)
-  spec.static_heads = llama_static_heads();
+  spec.static_heads = decoder_static_heads(false, "score");  // LlamaForTokenClassification names it score
   spec.module_roles = {{"q_proj", nn::role::kQuery},        {"k_proj", nn::role::kKey},
                        {"v_proj", nn::role::kValue},        {"o_proj", nn::role::kAttentionOut},
                        {"gate_proj", nn::role::kGate},      {"up_proj", nn::role::kIntermediate},
