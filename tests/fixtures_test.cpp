@@ -20,9 +20,9 @@ const std::regex& must_pass() {
 
 // PEFT 0.21 cases (transformers 5.17) this build must pass: the base models of every architecture
 // and the LoRA family PEFT folders (LoRA, rsLoRA on every linear layer, DoRA, IA3, VeRA), also one
-// adapter per row; prompt tuning. PEFT's prefix tuning is refused cleanly for now.
+// adapter per row; prompt tuning and prefix tuning: every case.
 const std::regex& peft_must_pass() {
-  static const std::regex r("^(llama|mistral|qwen2|gemma|gpt2|bert|roberta|t5|bart)__(base|lora|lora_all_rslora|dora|ia3|vera|prompt|lora_mixed_batch)$");
+  static const std::regex r("^(llama|mistral|qwen2|gemma|gpt2|bert|roberta|t5|bart)__(base|lora|lora_all_rslora|dora|ia3|vera|prompt|prefix|lora_mixed_batch)$");
   return r;
 }
 

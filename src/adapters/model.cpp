@@ -11,6 +11,7 @@
 
 #include "adapters/core/log.h"
 #include "adapters/formats/keys.h"
+#include "adapters/methods/prefix_tuning.h"
 #include "adapters/methods/registry.h"
 #include "adapters/per_row.h"
 
@@ -111,6 +112,37 @@ ModelInputs with_input_prompt(const ModelInputs& in, const Block* setup, const A
   return out;
 }
 
+// PEFT's prefix tuning (prefix_tuning with placement "past"): the prefix fills the key/value cache
+// before the tokens, which then count their positions after it; the attention mask (the decoder's,
+// in encoder-decoder models) grows by P always-attended positions. The caller's cache when it is
+// empty (generation's first step; later steps find the prefix in it), else `local`.
+ModelInputs with_past_prefix(const ModelInputs& in, const Block* setup, AdapterModelImpl& model, nn::KVCache& local,
+                             std::int64_t& prefilled) {
+  if (setup == nullptr) return in;
+  std::string prefix;
+  for (const auto& name : setup->flatten()) {
+    if (!model.has_adapter(name)) continue;
+    const methods::AdapterConfig& config = model.adapter_config(name);
+    if (config.method != "prefix_tuning" || config.values.value("placement", std::string()) != "past") continue;
+    if (!setup->is_adapter() && setup->type != composition::BlockType::Stack) {
+      throw NotSupported(str("prefix tuning '", name, "' (placement \"past\", PEFT's) runs alone or in a Stack, not in ",
+                             setup->to_string()));
+    }
+    ADAPTERS_CHECK(prefix.empty(), "the setup ", setup->to_string(), " holds two past prefixes ('", prefix, "', '", name,
+                   "'); one key/value cache holds one");
+    prefix = name;
+  }
+  if (prefix.empty() || (in.cache != nullptr && in.cache->length() > 0)) return in;
+  ModelInputs out = in;
+  if (out.cache == nullptr) out.cache = &local;
+  const std::int64_t B = model.base().batch_size(in);
+  const std::int64_t P = methods::prefill_past_prefix(model.base(), prefix, B, *out.cache);
+  prefilled = P;
+  Tensor& mask = model.arch().kind == models::ArchKind::EncoderDecoder ? out.decoder_attention_mask : out.attention_mask;
+  if (mask.defined()) mask = torch::cat({torch::ones({B, P}, mask.options()), mask}, 1);
+  return out;
+}
+
 }  // namespace
 
 // Encoder-decoder models without decoder inputs derive them from the labels (shifted right) when
@@ -149,7 +181,15 @@ ModelOutput AdapterModelImpl::forward(const ModelInputs& raw_inputs, const Forwa
   ctx.pad_token_id = config().pad_token_id;
   ctx.output_gating_scores = options.output_gating_scores;
   ctx.output_fusion_attentions = options.output_fusion_attentions;
-  models::BaseModelOutput base = base_->forward(with_input_prompt(with_decoder_inputs(inputs, options), ctx.setup, *this), ctx);
+  nn::KVCache prefix_cache;  // PEFT's prefix tuning without a caller's cache
+  std::int64_t prefilled = 0;
+  const ModelInputs model_inputs = with_past_prefix(with_input_prompt(with_decoder_inputs(inputs, options), ctx.setup, *this),
+                                                    ctx.setup, *this, prefix_cache, prefilled);
+  models::BaseModelOutput base = base_->forward(model_inputs, ctx);
+  if (prefilled > 0 && model_inputs.cache->length() == prefilled) {
+    throw NotSupported(str(arch_->model_type, " does not read a key/value cache, so it cannot take a past prefix",
+                           " (PEFT prefix tuning)"), "use AdapterHub's prefix tuning (placement \"attention\") on it");
+  }
   ModelOutput out;
   out.last_hidden_state = base.last_hidden_state;
   out.pooler_output = base.pooler_output;

@@ -161,6 +161,37 @@ void load_prompt(AdapterModelImpl& model, const std::string& name, const methods
   }
 }
 
+// PEFT's prefix: prompt_embeddings (num_virtual_tokens, num_layers*2*token_dim), viewed as
+// (P, 2L, num_attention_heads, token_dim / num_attention_heads): the heads and widths must be the
+// model's key/value heads (PEFT stores num_key_value_heads there for grouped-query models).
+void load_prefix(AdapterModelImpl& model, const std::string& name, const methods::AdapterConfig& config,
+                 const json& peft, const std::string& config_source, const io::TensorMap& saved,
+                 const std::string& source) {
+  JsonReader r(peft, config_source);
+  const models::ModelConfig& c = model.config();
+  const std::int64_t heads = r.get_int("num_attention_heads"), token_dim = r.get_int("token_dim");
+  ADAPTERS_CHECK(heads == c.num_key_value_heads && token_dim == c.num_key_value_heads * c.head_dim(), config_source,
+                 ": num_attention_heads ", heads, " and token_dim ", token_dim, " do not match the model's key/value heads (",
+                 c.num_key_value_heads, " heads of ", c.head_dim(), ")");
+  ADAPTERS_CHECK(saved.size() == 1 && saved.count("prompt_embeddings"), source,
+                 ": a PEFT prefix-tuning adapter holds exactly one tensor, 'prompt_embeddings'");
+  const torch::Tensor& table = saved.at("prompt_embeddings");
+  const std::int64_t P = config.values.at("prefix_length").get<std::int64_t>();
+  const std::int64_t L = config.values.at("num_layers").get<std::int64_t>();
+  ADAPTERS_CHECK(table.dim() == 2 && table.size(0) == P && table.size(1) == L * 2 * token_dim, source,
+                 ": prompt_embeddings has shape ", table.sizes(), ", expected (", P, ", ", L * 2 * token_dim,
+                 ") = (num_virtual_tokens, num_layers*2*token_dim)");
+  model.add_adapter(name, config);
+  try {
+    io::TensorMap state = model.adapter_state_dict(name);
+    ADAPTERS_CHECK(state.size() == 1, source, ": unexpected prefix-tuning parameters");
+    model.load_adapter_state_dict(name, {{state.begin()->first, table.reshape({-1})}}, source);
+  } catch (...) {
+    model.delete_adapter(name);
+    throw;
+  }
+}
+
 }  // namespace
 
 bool is_peft_folder(const fs::path& dir) {
@@ -184,8 +215,16 @@ methods::AdapterConfig from_peft_config(const json& peft, const std::string& sou
         {{"architecture", "prompt_tuning"}, {"prompt_length", r.get_int("num_virtual_tokens")}, {"combine", "input"}}, source);
   }
   if (type == "PREFIX_TUNING") {
-    throw NotSupported(str(source, ": PEFT ", type, " adapters are not read yet"),
-                       "LoRA, rsLoRA, DoRA, IA3, VeRA and prompt tuning are");
+    // The saved prompt_embeddings are the prefix's key/value states (prefix_projection, when the
+    // adapter was trained with it, is already applied): a flat table, filled in as past key/values.
+    const std::int64_t submodules = r.get_int("num_transformer_submodules", 1);
+    return methods::AdapterConfig::from_json({{"architecture", "prefix_tuning"},
+                                              {"placement", "past"},
+                                              {"flat", true},
+                                              {"prefix_length", r.get_int("num_virtual_tokens")},
+                                              {"num_layers", r.get_int("num_layers")},
+                                              {"num_transformer_submodules", submodules}},
+                                             source);
   }
   throw Error(str(source, ": unknown peft_type '", type, "'"),
               "expected LORA, IA3, VERA, PREFIX_TUNING or PROMPT_TUNING");
@@ -216,7 +255,8 @@ std::string from_peft_key(const std::string& key, const std::string& base_prefix
 
 void load_peft_adapter(AdapterModelImpl& model, const fs::path& dir, const std::string& name, WeightsPreference weights) {
   const std::string source = (dir / kConfigFile).string();
-  const methods::AdapterConfig config = from_peft_config(read_config(dir), source);
+  const json peft = read_config(dir);
+  const methods::AdapterConfig config = from_peft_config(peft, source);
   const fs::path st = dir / kSafetensorsFile, bin = dir / kBinFile;
   ADAPTERS_CHECK(fs::exists(st) || fs::exists(bin), dir.string(), ": no adapter weights (expected ", kSafetensorsFile,
                  " or ", kBinFile, ")");
@@ -225,6 +265,10 @@ void load_peft_adapter(AdapterModelImpl& model, const fs::path& dir, const std::
   const io::TensorMap saved = io::read_checkpoint(weights_path);
   if (config.method == "prompt_tuning") {
     load_prompt(model, name, config, saved, weights_path.string());
+    return;
+  }
+  if (config.method == "prefix_tuning") {
+    load_prefix(model, name, config, peft, source, saved, weights_path.string());
     return;
   }
   const std::string& prefix = model.arch().base_prefix;

@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "adapters/model.h"
+#include "adapters/models/registry.h"
 
 namespace adapters::methods {
 
@@ -35,7 +36,8 @@ bool starts_with(const std::string& s, const std::string& prefix) { return s.rfi
 PrefixTuningConfig PrefixTuningConfig::from_json(const json& options, const std::string& source) {
   JsonReader r(options, source);
   r.reject_unknown({"architecture", "encoder_prefix", "cross_prefix", "leave_out", "flat", "prefix_length",
-                    "bottleneck_size", "non_linearity", "dropout", "use_gating", "shared_gating"});
+                    "bottleneck_size", "non_linearity", "dropout", "use_gating", "shared_gating", "placement",
+                    "num_layers", "num_transformer_submodules"});
   if (r.has("architecture") && r.raw("architecture") != "prefix_tuning") r.fail("architecture", "\"prefix_tuning\"");
   PrefixTuningConfig c;
   c.encoder_prefix = r.get_bool("encoder_prefix", c.encoder_prefix);
@@ -52,14 +54,30 @@ PrefixTuningConfig PrefixTuningConfig::from_json(const json& options, const std:
   if (c.dropout < 0.0 || c.dropout >= 1.0) r.fail("dropout", "a probability in [0, 1)");
   c.use_gating = r.get_bool("use_gating", c.use_gating);
   c.shared_gating = r.get_bool("shared_gating", c.shared_gating);
+  c.placement = r.get_string("placement", c.placement);
+  if (c.placement != "attention" && c.placement != "past") r.fail("placement", "\"attention\" or \"past\"");
+  c.num_layers = r.get_int("num_layers", c.num_layers);
+  if (c.num_layers < 0 || c.num_layers > 4096) r.fail("num_layers", "a layer count in [0, 4096]");
+  c.num_transformer_submodules = r.get_int("num_transformer_submodules", c.num_transformer_submodules);
+  if (c.num_transformer_submodules != 1 && c.num_transformer_submodules != 2) r.fail("num_transformer_submodules", "1 or 2");
+  if (c.placement == "past") {
+    if (!c.flat) r.fail("flat", "true with placement \"past\" (the prefix is a table of key/value states)");
+    if (c.use_gating) r.fail("use_gating", "false with placement \"past\"");
+  }
   return c;
 }
 
 json PrefixTuningConfig::to_json() const {
-  return {{"architecture", "prefix_tuning"}, {"bottleneck_size", bottleneck_size}, {"cross_prefix", cross_prefix},
+  json j = {{"architecture", "prefix_tuning"}, {"bottleneck_size", bottleneck_size}, {"cross_prefix", cross_prefix},
           {"dropout", dropout},              {"encoder_prefix", encoder_prefix},   {"flat", flat},
           {"leave_out", leave_out},          {"non_linearity", non_linearity},     {"prefix_length", prefix_length},
           {"shared_gating", shared_gating},  {"use_gating", use_gating}};
+  if (placement != "attention") {
+    j["placement"] = placement;
+    j["num_layers"] = num_layers;
+    j["num_transformer_submodules"] = num_transformer_submodules;
+  }
+  return j;
 }
 
 bool PrefixTuningConfig::places_at(const std::string& location, std::int64_t layer) const {
@@ -169,7 +187,8 @@ PrefixTuningPoolImpl::PrefixTuningPoolImpl() : groups_(nn::make_adapter_dict<Pre
 void PrefixTuningPoolImpl::prepare(std::int64_t batch_size, nn::ForwardContext& ctx) {
   if (ctx.setup == nullptr || groups_->empty()) return;
   for (const auto& name : ctx.setup->flatten()) {
-    if (PrefixTuningGroupImpl* g = groups_->find(name)) ctx.prefix_states[name] = g->forward(batch_size);
+    PrefixTuningGroupImpl* g = groups_->find(name);
+    if (g != nullptr && !g->past) ctx.prefix_states[name] = g->forward(batch_size);
   }
 }
 
@@ -230,9 +249,40 @@ nn::AttentionState PrefixTuningLayerImpl::apply(const nn::AttentionState& state,
 
 namespace {
 
+PrefixTuningPoolImpl* pool_of(models::BaseModelImpl& model, const std::string& source) {
+  auto pool = model.hooks().get_or_create<PrefixTuningPoolImpl>(kPoolName, [] { return std::make_shared<PrefixTuningPoolImpl>(); });
+  ADAPTERS_CHECK(pool != nullptr, source, ": the model's '", kPoolName, "' hook is not a prefix-tuning pool");
+  return pool.get();
+}
+
+// The self-attention layers a "past" prefix fills: every self-attention site outside an encoder
+// of an encoder-decoder model (decoder-only and encoder-only models: all of them).
+std::int64_t past_layers(const models::BaseModelImpl& model) {
+  std::int64_t n = 0;
+  for (const nn::AttentionSite* site : model.sites().attention) n += site->location() == nn::attention_location::kSelf;
+  return n;
+}
+
+// Placement "past": one table location ("past") of num_layers layers; nothing at the attention sites.
+void attach_past(const std::string& adapter, const PrefixTuningConfig& config, models::BaseModelImpl& model,
+                 const std::string& source) {
+  const models::ModelConfig& c = model.config();
+  const std::int64_t layers = past_layers(model);
+  ADAPTERS_CHECK(layers > 0, source, ": ", c.model_type, " has no self-attention layer to hold a past prefix");
+  const std::int64_t table_layers = config.num_layers > 0 ? config.num_layers : layers;
+  ADAPTERS_CHECK(table_layers == layers, source, ": num_layers is ", table_layers, ", the model has ", layers,
+                 " self-attention layers to fill");
+  auto group = std::make_shared<PrefixTuningGroupImpl>(config, std::map<std::string, std::int64_t>{{"past", table_layers}},
+                                                       c.num_key_value_heads, c.head_dim(), c.hidden_size, source);
+  group->past = true;
+  group->submodules = config.num_transformer_submodules;
+  pool_of(model, source)->add(adapter, std::move(group));
+}
+
 void attach(const std::string& adapter, const json& values, models::BaseModelImpl& model) {
   const std::string source = "adapter '" + adapter + "'";
   const PrefixTuningConfig config = PrefixTuningConfig::from_json(values, source);
+  if (config.placement == "past") return attach_past(adapter, config, model, source);
   const std::int64_t hidden = model.config().hidden_size;
   std::map<std::string, std::int64_t> layer_counts;
   for (nn::AttentionSite* site : model.sites().attention) {
@@ -242,10 +292,8 @@ void attach(const std::string& adapter, const json& values, models::BaseModelImp
   }
   ADAPTERS_CHECK(!layer_counts.empty(), source, ": the prefix is placed in no attention layer (leave_out ",
                  json(config.leave_out).dump(), ", the model has ", model.sites().attention.size(), " attention sites)");
-  auto pool = model.hooks().get_or_create<PrefixTuningPoolImpl>(kPoolName, [] { return std::make_shared<PrefixTuningPoolImpl>(); });
-  ADAPTERS_CHECK(pool != nullptr, source, ": the model's '", kPoolName, "' hook is not a prefix-tuning pool");
   const models::ModelConfig& c = model.config();
-  pool->add(adapter, std::make_shared<PrefixTuningGroupImpl>(config, layer_counts, c.num_key_value_heads, c.head_dim(),
+  pool_of(model, source)->add(adapter, std::make_shared<PrefixTuningGroupImpl>(config, layer_counts, c.num_key_value_heads, c.head_dim(),
                                                              hidden, source));
 }
 
@@ -275,6 +323,28 @@ json eject(const std::string& adapter, const json& config, models::BaseModelImpl
 }
 
 }  // namespace
+
+std::int64_t prefill_past_prefix(models::BaseModelImpl& model, const std::string& adapter, std::int64_t batch,
+                                 nn::KVCache& cache) {
+  auto pool = model.hooks().find<PrefixTuningPoolImpl>(kPoolName);
+  PrefixTuningGroupImpl* group = pool ? pool->group(adapter) : nullptr;
+  if (group == nullptr || !group->past) return 0;
+  ADAPTERS_CHECK(cache.length() == 0, "prefix tuning '", adapter, "': the past prefix fills an empty cache, this one holds ",
+                 cache.length(), " tokens");
+  const bool encoder_decoder = models::arch_spec(model.config().model_type).kind == models::ArchKind::EncoderDecoder;
+  const std::vector<nn::PrefixKV> table = group->forward(batch).at("past");  // L entries of (B,H,P,D)
+  const std::int64_t L = static_cast<std::int64_t>(table.size());
+  for (std::int64_t i = 0; i < L; ++i) {
+    // PEFT's encoder-decoder table (num_transformer_submodules 2) is doubled to 2L entries and
+    // decoder layer i reads entry 2i of that: entry 2i mod L of the table (a PEFT quirk kept as is).
+    const std::int64_t entry = group->submodules == 2 ? (2 * i) % L : i;
+    const nn::PrefixKV& kv = table[static_cast<std::size_t>(entry)];
+    // Encoder-decoder caches hold decoder layer i's self-attention in slot 2i (cross-attention 2i+1).
+    const std::size_t slot = static_cast<std::size_t>(encoder_decoder ? 2 * i : i);
+    cache.layer(slot)->append(kv.key.contiguous(), kv.value.contiguous());
+  }
+  return table.front().key.size(2);
+}
 
 MethodSpec prefix_tuning_method() {
   MethodSpec spec;

@@ -4,6 +4,9 @@
 // reparametrised as control_trans(wte(0..P-1)) = Linear(C, bottleneck) -> non_linearity ->
 // Linear(bottleneck, n_layers*2*C), or flat as one parameter of that size. Each attention site
 // gets a small per-layer module that prepends its layer's slice (optionally gated).
+// PEFT's prefix tuning is placement "past": the prefix is the past key/values of every
+// self-attention layer (a key/value cache filled before the forward), so the tokens' positions
+// start after it, as HF models count positions after past_key_values.
 #pragma once
 
 #include <torch/nn/modules/dropout.h>
@@ -33,6 +36,14 @@ struct PrefixTuningConfig {
   double dropout = 0.0;
   bool use_gating = false;
   bool shared_gating = true;
+  // "attention" (AdapterHub: keys prepended inside the attention, positions unchanged) or "past"
+  // (PEFT: the prefix fills the key/value cache before the tokens, whose positions follow it).
+  std::string placement = "attention";
+  // "past": layers in the prefix table (PEFT's num_layers; 0 = the model's self-attention layers)
+  // and PEFT's num_transformer_submodules (2: an encoder-decoder model's table, which PEFT
+  // duplicates and reads decoder layer i's key/value from its rows 4i and 4i+1, modulo 2 x layers).
+  std::int64_t num_layers = 0;
+  std::int64_t num_transformer_submodules = 1;
 
   static PrefixTuningConfig from_json(const json& options, const std::string& source);
   json to_json() const;
@@ -90,6 +101,9 @@ class PrefixTuningGroupImpl : public torch::nn::Module {
   std::map<std::string, std::vector<nn::PrefixKV>> forward(std::int64_t batch);
   // Replaces every reparametrised prefix by a flat one with the same states.
   void eject();
+  // Placement "past": filled into the key/value cache by prefill_past_prefix, not by the pool.
+  bool past = false;
+  std::int64_t submodules = 1;  // PEFT's num_transformer_submodules (see PrefixTuningConfig)
 
  private:
   std::int64_t heads_, head_dim_;
@@ -131,5 +145,11 @@ class PrefixTuningLayerImpl : public nn::AttentionAdapter {
 };
 
 MethodSpec prefix_tuning_method();
+
+// Placement "past": fills `cache` (empty) with the prefix of `adapter` for `batch` rows, in the
+// model's cache layout (decoder self-attention slots of encoder-decoder models), and returns the
+// prefix length; returns 0 when the adapter is not a "past" prefix. Differentiable.
+std::int64_t prefill_past_prefix(models::BaseModelImpl& model, const std::string& adapter, std::int64_t batch,
+                                 nn::KVCache& cache);
 
 }  // namespace adapters::methods

@@ -36,23 +36,24 @@ struct BertEmbeddingsImpl : torch::nn::Module {
     position_ids = register_buffer("position_ids", torch::arange(c.max_position_embeddings).unsqueeze(0));
   }
 
-  // (B,T) -> (B,T): BERT counts from 0, RoBERTa from pad_token_id + 1 over real tokens.
-  Tensor positions(const ModelInputs& in, std::int64_t T, const torch::TensorOptions& options) const {
+  // (B,T) -> (B,T): BERT counts from 0, RoBERTa from pad_token_id + 1 over real tokens; both after
+  // `past` cached positions (a PEFT prefix), as HF does.
+  Tensor positions(const ModelInputs& in, std::int64_t T, std::int64_t past, const torch::TensorOptions& options) const {
     if (in.position_ids.defined()) return in.position_ids;
     if (!roberta_positions || !in.input_ids.defined()) {
-      const std::int64_t start = roberta_positions ? pad_token_id + 1 : 0;
+      const std::int64_t start = (roberta_positions ? pad_token_id + 1 : 0) + past;
       return torch::arange(start, start + T, options).unsqueeze(0);
     }
     Tensor mask = in.input_ids.ne(pad_token_id).to(torch::kLong);
-    return torch::cumsum(mask, 1) * mask + pad_token_id;
+    return (torch::cumsum(mask, 1) + past) * mask + pad_token_id;
   }
 
   // (B,T) ids or (B,T,E) embeddings -> (B,T,E)
-  Tensor forward(const ModelInputs& in) {
+  Tensor forward(const ModelInputs& in, std::int64_t past) {
     Tensor h = in.inputs_embeds.defined() ? in.inputs_embeds : word_embeddings(in.input_ids);
     const auto ids = torch::TensorOptions().dtype(torch::kLong).device(h.device());
     Tensor token_types = in.token_type_ids.defined() ? in.token_type_ids : torch::zeros({h.size(0), h.size(1)}, ids);
-    h = h + token_type_embeddings(token_types) + position_embeddings(positions(in, h.size(1), ids));
+    h = h + token_type_embeddings(token_types) + position_embeddings(positions(in, h.size(1), past, ids));
     return dropout(LayerNorm(h));
   }
 
@@ -77,15 +78,17 @@ nn::AttentionOptions self_attention(const ModelConfig& c, std::int64_t layer) {
 }
 
 struct BertAttentionImpl : torch::nn::Module {
-  BertAttentionImpl(const ModelConfig& c, std::int64_t layer) {
+  BertAttentionImpl(const ModelConfig& c, std::int64_t layer) : layer(layer) {
     self = register_module("self", nn::Attention(self_attention(c, layer)));
     output = register_module("output", ResidualOutput(c, c.hidden_size, layer, nn::role::kAttentionOut,
                                                           nn::location::kAttention));
   }
   // (B,T,C) -> (B,T,C)
   Tensor forward(const Tensor& x, const LayerArgs& args, ForwardContext& ctx) {
-    return output->forward(self->forward({x, args.mask}, ctx), x, ctx);
+    nn::LayerKV* slot = args.cache ? args.cache->layer(static_cast<std::size_t>(layer)) : nullptr;  // a PEFT prefix
+    return output->forward(self->forward({x, args.mask, Tensor(), Tensor(), slot}, ctx), x, ctx);
   }
+  std::int64_t layer;
   nn::Attention self{nullptr};
   ResidualOutput output{nullptr};
 };
@@ -145,7 +148,9 @@ class BertModelImpl : public BaseModelImpl {
  protected:
   // (B,T,E): the embedding hook (prompt tuning, invertible adapters) acts in embedding space, as
   // on ALBERT; ELECTRA projects to (B,T,C) when the first layer starts.
-  Tensor embed(const ModelInputs& in, LayerArgs&, ForwardContext&) override { return embeddings->forward(in); }
+  Tensor embed(const ModelInputs& in, LayerArgs& args, ForwardContext&) override {
+    return embeddings->forward(in, args.past_length);
+  }
   std::int64_t num_layers() const override { return static_cast<std::int64_t>(encoder->layers.size()); }
   Tensor layer(std::int64_t i, const Tensor& h, LayerArgs& args, ForwardContext& ctx) override {
     const Tensor x = i == 0 && embeddings_project ? embeddings_project(h) : h;  // (B,T,C)
