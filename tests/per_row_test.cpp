@@ -1,9 +1,13 @@
 // One adapter per batch row: every row of a mixed batch (two adapters and rows without one, in
-// mixed order) equals running that row alone with its adapter, for every method of the LoRA family
-// (on an encoder and a decoder), and the gradients of a mixed batch equal each adapter's gradients
-// on its own rows; other methods are refused; bad rows are errors.
+// mixed order) equals running that row alone with its adapter, for every method family (the LoRA
+// family, bottleneck adapters with their own pre/post-processing, Compacter, invertible adapters,
+// AdapterHub prefix and prompt tuning with different lengths per row, ReFT, unions, two methods
+// mixed) on an encoder, a decoder and an encoder-decoder, and the gradients of a mixed batch equal
+// each adapter's gradients on its own rows; PEFT's position-moving methods are refused; bad rows
+// are errors.
 #include <gtest/gtest.h>
 
+#include "adapters/generate.h"
 #include "adapters/per_row.h"
 #include "test_util.h"
 
@@ -11,18 +15,18 @@ namespace adapters::test {
 namespace {
 
 struct Case {
-  std::string arch, method;
+  std::string arch, method_a, method_b;
 };
 
-void PrintTo(const Case& c, std::ostream* os) { *os << c.arch << " " << c.method; }
+void PrintTo(const Case& c, std::ostream* os) { *os << c.arch << " " << c.method_a << " / " << c.method_b; }
 
 class PerRow : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
     model = load_pretrained(model_dir(GetParam().arch));
     torch::manual_seed(5);
-    for (const char* name : {"a", "b"}) {
-      model->add_adapter(name, GetParam().method);
+    for (const auto& [name, method] : {std::pair{"a", GetParam().method_a}, std::pair{"b", GetParam().method_b}}) {
+      model->add_adapter(name, method);
       randomize_adapter(model, name, 0.2);
     }
     model->eval();
@@ -41,10 +45,24 @@ class PerRow : public ::testing::TestWithParam<Case> {
     if (adapter.empty()) model->deactivate_adapters();
     return model->forward(one, options).last_hidden_state;
   }
+  // (1,L,1) 1 at the real tokens of row r in a row-alone output of length L (prompts, which come
+  // first, are real), 0 at padding: the comparison ignores what padded positions hold.
+  torch::Tensor padding_of(std::int64_t r, std::int64_t length) const {
+    const torch::Tensor m = in.attention_mask.narrow(0, r, 1).to(torch::kFloat);
+    const std::int64_t prompt = length - m.size(1);
+    return torch::cat({torch::ones({1, prompt}), m}, 1).unsqueeze(-1);
+  }
   AdapterModel model{nullptr};
   models::ModelInputs in;
   const std::vector<std::string> rows = {"b", kNoAdapter, "a", "a", kNoAdapter, "b"};
 };
+
+// Row r of the mixed output against the row alone: prompts make rows longer (shorter ones are
+// padded at the end), so the row's own positions come first.
+torch::Tensor own_positions(const torch::Tensor& mixed, std::int64_t r, const torch::Tensor& alone_row) {
+  EXPECT_GE(mixed.size(1), alone_row.size(1)) << "row " << r;
+  return mixed.narrow(0, r, 1).narrow(1, 0, alone_row.size(1));
+}
 
 TEST_P(PerRow, EachRowEqualsTheRowAloneWithItsAdapter) {
   torch::NoGradGuard no_grad;
@@ -53,27 +71,49 @@ TEST_P(PerRow, EachRowEqualsTheRowAloneWithItsAdapter) {
   for (std::int64_t r = 0; r < 6; ++r) {
     const std::string& name = rows[static_cast<std::size_t>(r)];
     const torch::Tensor expected = alone(r, name == kNoAdapter ? "" : name);
-    EXPECT_LT((mixed.narrow(0, r, 1) - expected).abs().max().item<double>(), 1e-5) << "row " << r << " (" << name << ")";
+    const torch::Tensor got = own_positions(mixed, r, expected);
+    // Real positions only: padded tokens attend to nothing meaningful in either run.
+    const torch::Tensor real = padding_of(r, expected.size(1));
+    EXPECT_LT(((got - expected).abs() * real).max().item<double>(), 1e-5) << "row " << r << " (" << name << ")";
   }
 }
 
 TEST_P(PerRow, GradientsEqualEachAdapterOnItsRows) {
   model->train_adapter(Block::of(composition::BlockType::Stack, {Block::adapter("a"), Block::adapter("b")}));
   model->eval();  // no dropout: the comparison is exact
-  forward_per_row(*model, in, rows).last_hidden_state.pow(2).sum().backward();
-  std::map<std::string, torch::Tensor> mixed;
+  std::vector<std::int64_t> lengths;
+  {
+    torch::NoGradGuard no_grad;
+    for (std::int64_t r = 0; r < 6; ++r) {
+      const std::string& name = rows[static_cast<std::size_t>(r)];
+      lengths.push_back(alone(r, name == kNoAdapter ? "" : name).size(1));
+    }
+  }
+  const torch::Tensor mixed = forward_per_row(*model, in, rows).last_hidden_state;
+  torch::Tensor loss = torch::zeros({});
+  for (std::int64_t r = 0; r < 6; ++r) {
+    loss = loss + (mixed.narrow(0, r, 1).narrow(1, 0, lengths[static_cast<std::size_t>(r)]) *
+                   padding_of(r, lengths[static_cast<std::size_t>(r)]))
+                      .pow(2)
+                      .sum();
+  }
+  loss.backward();
+  std::map<std::string, torch::Tensor> grads;
   for (const auto& item : model->named_parameters()) {
-    if (item.value().grad().defined()) mixed[item.key()] = item.value().grad().clone();
+    if (item.value().grad().defined()) grads[item.key()] = item.value().grad().clone();
   }
   model->zero_grad();
   for (std::int64_t r = 0; r < 6; ++r) {
     const std::string& name = rows[static_cast<std::size_t>(r)];
-    if (name != kNoAdapter) alone(r, name).pow(2).sum().backward();
+    if (name != kNoAdapter) (alone(r, name) * padding_of(r, lengths[static_cast<std::size_t>(r)])).pow(2).sum().backward();
   }
-  ASSERT_FALSE(mixed.empty());
-  for (const auto& [key, g] : mixed) {
+  ASSERT_FALSE(grads.empty());
+  for (const auto& [key, g] : grads) {
     const torch::Tensor& separate = model->named_parameters()[key].grad();
-    ASSERT_TRUE(separate.defined()) << key;
+    if (!separate.defined()) {
+      EXPECT_EQ(g.abs().max().item<double>(), 0.0) << key;
+      continue;
+    }
     // Equal up to float32 rounding (batched and one-row products sum in different orders); a row
     // given the wrong adapter moves a gradient by its own size.
     EXPECT_LT((g - separate).abs().max().item<double>(), 1e-3 * std::max(1.0, separate.abs().max().item<double>())) << key;
@@ -85,9 +125,21 @@ std::vector<Case> cases() {
   for (const char* arch : {"bert", "llama"}) {
     for (const char* method : {"lora", "lora[use_rslora=true,r=4,attn_matrices=['q','k','v','o'],output_lora=true]", "ia3",
                                "vera", "dora"}) {
-      out.push_back({arch, method});
+      out.push_back({arch, method, method});
     }
   }
+  const std::string short_prefix = "prefix_tuning[prefix_length=3,bottleneck_size=16]";
+  const std::string long_prefix = "prefix_tuning_flat[prefix_length=5]";
+  for (const char* arch : {"bert", "llama", "t5", "gpt2"}) {
+    out.push_back({arch, "seq_bn", "double_seq_bn"});  // different pre/post-processing per row
+    out.push_back({arch, "par_bn", "seq_bn"});
+    out.push_back({arch, short_prefix, long_prefix});  // prefixes of different lengths
+    out.push_back({arch, "seq_bn", "lora"});
+    out.push_back({arch, "loreft", "mam"});
+  }
+  out.push_back({"bert", "compacter[reduction_factor=8]", "seq_bn_inv"});
+  out.push_back({"bert", "prompt_tuning[prompt_length=3]", "prompt_tuning[prompt_length=5]"});
+  out.push_back({"bert", "unipelt", short_prefix});
   return out;
 }
 
@@ -96,17 +148,18 @@ INSTANTIATE_TEST_SUITE_P(Methods, PerRow, ::testing::ValuesIn(cases()), [](const
   return n;
 });
 
-// Bottleneck, prefix and ReFT sites apply one adapter's pre- and post-processing to the whole
-// batch; until they run per group, one adapter per row refuses them instead of approximating.
-TEST(PerRowErrors, MethodsBeyondTheLoRAFamilyAreRefused) {
+// PEFT's prefix tuning (past key/values) and prompt tuning (joined at the input) move every
+// position of their rows: refused, naming the row, instead of approximated.
+TEST(PerRowErrors, PositionMovingPeftMethodsAreRefused) {
   AdapterModel model = load_pretrained(model_dir("bert"));
-  model->add_adapter("a", "seq_bn");
+  model->add_adapter("a", "prompt_tuning[combine=input]");
   model->add_adapter("b", "lora");
   try {
-    forward_per_row(*model, tiny_inputs(), {"a", "b"});
+    forward_per_row(*model, tiny_inputs(), {"b", "a"});
     FAIL() << "expected NotSupported";
   } catch (const NotSupported& e) {
-    EXPECT_NE(std::string(e.what()).find("adapter 'a' is a bottleneck adapter"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("adapter_per_row[1]: adapter 'a' is PEFT's prompt tuning"), std::string::npos)
+        << e.what();
   }
 }
 
@@ -118,6 +171,70 @@ TEST(PerRowErrors, WrongLengthAndUnknownAdaptersAreNamed) {
   EXPECT_NE(error_of([&] { forward_per_row(*model, in, {"a", "zz"}); }).find("adapter_per_row[1]: no adapter named 'zz'"),
             std::string::npos);
 }
+
+// generate() with one adapter per prompt gives each prompt the tokens (and scores) of generating it
+// alone with its adapter: greedy and beam search, prefill and every cached step, on a decoder-only
+// and an encoder-decoder model, with bottleneck adapters, prefixes of two lengths and LoRA.
+struct GenerationCase {
+  std::string arch;
+  int beams;
+};
+
+class PerRowGeneration : public ::testing::TestWithParam<GenerationCase> {};
+
+TEST_P(PerRowGeneration, EachPromptGetsTheTokensOfGeneratingItAlone) {
+  const auto& p = GetParam();
+  const bool seq2seq = p.arch == "t5";
+  AdapterModel model = load_pretrained(model_dir(p.arch));
+  torch::manual_seed(11);
+  const std::vector<std::pair<std::string, std::string>> adapters = {
+      {"bn", "seq_bn"}, {"short", "prefix_tuning[prefix_length=2,bottleneck_size=16]"},
+      {"long", "prefix_tuning_flat[prefix_length=4]"}, {"lo", "lora[r=4,attn_matrices=['q','k','v','o']]"}};
+  for (const auto& [name, method] : adapters) {
+    model->add_adapter(name, method);
+    randomize_adapter(model, name, 0.2);
+  }
+  model->add_head("lm", seq2seq ? "seq2seq_lm" : "causal_lm");
+  torch::Tensor ids = torch::tensor({{5, 17, 23, 42, 8, 61}, {98, 98, 12, 33, 71, 9}, {7, 7, 7, 20, 30, 40},
+                                     {3, 4, 5, 6, 7, 8}, {9, 9, 10, 11, 12, 13}}, torch::kLong);
+  torch::Tensor mask = torch::ones_like(ids);
+  mask[1][0] = 0;  // decoder-only prompts are left-padded; the encoder takes them padded too
+  mask[1][1] = 0;
+  mask[4][0] = 0;
+  const std::vector<std::string> rows = {"short", "bn", kNoAdapter, "long", "lo"};
+  generation::GenerationConfig c;
+  c.max_new_tokens = 5;
+  c.pad_token_id = 1;
+  c.decoder_start_token_id = 2;
+  c.repetition_penalty = 1.3;
+  c.num_beams = p.beams;
+  c.num_return_sequences = p.beams;
+  c.output_scores = p.beams == 1;
+  const auto mixed = generate(*model, ids, mask, c, {}, rows);
+  for (std::int64_t r = 0; r < 5; ++r) {
+    const std::string& name = rows[static_cast<std::size_t>(r)];
+    if (name == kNoAdapter) {
+      model->deactivate_adapters();
+    } else {
+      model->set_active_adapters(Block::adapter(name));
+    }
+    const auto alone = generate(*model, ids.narrow(0, r, 1), mask.narrow(0, r, 1), c);
+    const torch::Tensor got = mixed.sequences.narrow(0, r * p.beams, p.beams);
+    ASSERT_EQ(got.sizes(), alone.sequences.sizes()) << "prompt " << r;
+    EXPECT_TRUE(torch::equal(got, alone.sequences)) << "prompt " << r << " (" << name << ")\n" << got << "\n" << alone.sequences;
+    if (c.output_scores) {
+      const torch::Tensor scores = mixed.scores.narrow(1, r, 1);
+      const torch::Tensor finite = alone.scores.isfinite();
+      EXPECT_TRUE(torch::equal(scores.isfinite(), finite)) << "prompt " << r;
+      EXPECT_LT((scores - alone.scores).masked_fill(~finite, 0).abs().max().item<double>(), 1e-4) << "prompt " << r;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Archs, PerRowGeneration,
+                         ::testing::Values(GenerationCase{"gpt2", 1}, GenerationCase{"llama", 1}, GenerationCase{"t5", 1},
+                                           GenerationCase{"llama", 2}, GenerationCase{"t5", 2}),
+                         [](const auto& info) { return info.param.arch + "_beams" + std::to_string(info.param.beams); });
 
 }  // namespace
 }  // namespace adapters::test

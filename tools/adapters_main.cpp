@@ -20,9 +20,12 @@ int main(int argc, char** argv) {
       "  adapters predict --model assets/tiny-encoder --adapter runs/lora/adapter --text \"free pizza\"\n"
       "  adapters fixtures tests/fixtures/adapterhub --out build/fixtures --only '^bert__'\n"
       "  adapters generate --model assets/tiny-gpt2 --prompt \"the\" --max-new-tokens 20\n"
+      "  adapters convert --to peft runs/lora/adapter peft_lora --model assets/tiny-encoder\n"
       "  adapters demo --data build/demo/data --out build/demo");
   adapters::cli::add_fixtures_command(app);
   adapters::cli::add_info_command(app);
+  adapters::cli::add_convert_command(app);
+  adapters::cli::add_merge_command(app);
 #ifdef ADAPTERS_WITH_TRAINING
   adapters::cli::add_training_commands(app);
 #endif

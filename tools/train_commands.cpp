@@ -27,6 +27,7 @@
 #endif
 
 #include "adapters/core/log.h"
+#include "adapters/formats/hf_model.h"
 #include "adapters/generate.h"
 #include "adapters/hub/hub.h"
 #include "adapters/io/image.h"
@@ -184,18 +185,6 @@ std::uintmax_t folder_bytes(const fs::path& dir) {
   return n;
 }
 
-// Writes the base model (its weights under the HF prefix, and config.json) as an HF folder.
-void save_base_model(const AdapterModel& model, const fs::path& dir) {
-  fs::create_directories(dir);
-  io::TensorMap tensors;
-  const std::string prefix = model->arch().base_prefix + ".";
-  for (const auto& item : model->base().named_parameters()) {
-    if (item.key().find("adapter") == std::string::npos) tensors[prefix + item.key()] = item.value().detach();
-  }
-  for (const auto& item : model->base().named_buffers()) tensors[prefix + item.key()] = item.value().detach();
-  io::write_safetensors(dir / "model.safetensors", tensors, io::Metadata{{"format", "pt"}});
-}
-
 // ---- train ----------------------------------------------------------------------------------
 
 struct TrainArgs {
@@ -333,8 +322,7 @@ TrainOutcome run_training(const TrainArgs& a, const DataArgs& d) {
 
   out.saved = fs::path(a.output) / (a.full ? "model" : "adapter");
   if (a.full) {
-    save_base_model(model, out.saved);
-    io::write_file_atomic(out.saved / "config.json", model->config().raw.dump(2));
+    formats::save_pretrained(*model, out.saved);
     model->save_head(out.saved / "head", a.name);
   } else {
     model->save_adapter(out.saved, a.name);
@@ -792,13 +780,13 @@ void run_pretraining(const PretrainArgs& a) {
     smoothed = step == 0 ? value : 0.98 * smoothed + 0.02 * value;
     if (step % 100 == 0) std::cerr << "pretrain: step " << step << " loss " << smoothed << " (" << elapsed << " s)\n";
     if (a.save_every_minutes > 0 && elapsed - last_save > a.save_every_minutes * 60) {
-      save_base_model(model, a.out);  // written to a temporary file, then renamed
+      formats::save_pretrained(*model, a.out);  // written to temporary files, then renamed
       last_save = elapsed;
       std::cerr << "pretrain: saved at step " << step << '\n';
     }
   }
   model->delete_head(head);
-  save_base_model(model, a.out);
+  formats::save_pretrained(*model, a.out);
   // The final loss: the mean of the last tenth of the steps (at most 100), less noisy than one step.
   const std::size_t tail = std::clamp<std::size_t>(losses.size() / 10, 1, 100);
   double final_loss = 0;
@@ -1082,8 +1070,7 @@ std::uintmax_t save_generation_run(const AdapterModel& model, const std::string&
     model->save_adapter(dir, method, /*with_head=*/false);
     return folder_bytes(dir);
   }
-  save_base_model(model, dir);
-  io::write_file_atomic(dir / "config.json", model->config().raw.dump(2));
+  formats::save_pretrained(*model, dir);
   const std::uintmax_t bytes = folder_bytes(dir);
   for (const char* file : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.bpe.model",
                            "generation_config.json"}) {

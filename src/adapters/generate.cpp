@@ -6,6 +6,7 @@
 #include "adapters/core/error.h"
 #include "adapters/core/json.h"
 #include "adapters/io/tensors.h"
+#include "adapters/per_row.h"
 
 namespace adapters {
 
@@ -64,7 +65,7 @@ void ModelStepper::encode(const Tensor& input_ids, const Tensor& attention_mask,
   in.input_ids = input_ids;
   in.attention_mask = attention_mask;
   in.decoder_input_ids = torch::full({input_ids.size(0), 1}, decoder_start, input_ids.options());
-  ForwardOptions options;
+  ForwardOptions options = step_options();
   options.skip_heads = true;
   const ModelOutput out = model_.forward(in, options);
   encoder_states_ = out.encoder_last_hidden_state;
@@ -88,7 +89,7 @@ Tensor ModelStepper::next_logits(const Tensor& sequences, const Tensor& attentio
     }
   }
   in.cache = use_cache_ ? &cache_ : nullptr;
-  ForwardOptions options;
+  ForwardOptions options = step_options();
   options.inputs_replicated_for_parallel = channels_ > 1;
   const ModelOutput out = model_.forward(in, options);
   Tensor logits;
@@ -110,6 +111,28 @@ void ModelStepper::select_rows(const Tensor& rows) {
   take(encoder_states_);
   take(encoder_mask_);
   cache_.select_rows(index);
+  if (!row_adapters_.empty()) {
+    std::vector<std::string> names;
+    const Tensor cpu = index.cpu();
+    for (std::int64_t i = 0; i < cpu.size(0); ++i) names.push_back(row_adapters_.at(static_cast<std::size_t>(cpu[i].item<std::int64_t>())));
+    set_row_adapters(std::move(names));
+  }
+}
+
+void ModelStepper::set_row_adapters(std::vector<std::string> adapter_per_row) {
+  RowGroups groups = group_rows(adapter_per_row);
+  // Beams and returned sequences stay within their prompt's rows, so grouped rows stay grouped.
+  ADAPTERS_CHECK(groups.identity, "generate: decoding rows lost their grouping by adapter (internal error)");
+  row_adapters_ = std::move(adapter_per_row);
+  row_setup_ = std::move(groups.setup);
+}
+
+ForwardOptions ModelStepper::step_options() {
+  ForwardOptions options;
+  if (row_adapters_.empty()) return options;
+  options.setup = &row_setup_;
+  options.rows_independent = true;
+  return options;
 }
 
 GenerationConfig generation_defaults(const models::ModelConfig& config) {
@@ -128,8 +151,53 @@ GenerationConfig load_generation_config(const fs::path& model_dir, const models:
                                              path.string(), c);
 }
 
+namespace {
+
+// Rows of a per-row generation run grouped by adapter: the caller's rows reordered, the hooks and
+// outputs mapped back. Decoding row r of k per prompt belongs to prompt r / k.
+struct GroupedPrompts {
+  RowGroups groups;
+  std::vector<std::string> names;  // per grouped prompt
+
+  // Decoding rows (N = B*k) in the caller's order -> their grouped rows.
+  Tensor grouped_rows(std::int64_t n) const {
+    const std::int64_t B = groups.order.size(0), k = n / B;
+    return (groups.inverse.unsqueeze(1) * k + torch::arange(k).unsqueeze(0)).reshape({-1});
+  }
+  std::int64_t caller_row(std::int64_t grouped, std::int64_t n) const {
+    const std::int64_t k = n / groups.order.size(0);
+    return groups.order[grouped / k].item<std::int64_t>() * k + grouped % k;
+  }
+  // `k` decoding rows per prompt (greedy search and sampling, the modes that call the hooks).
+  generation::DecodeHooks wrap(const generation::DecodeHooks& hooks, std::int64_t k) const {
+    generation::DecodeHooks out;
+    if (hooks.on_tokens) {
+      out.on_tokens = [this, hooks](const Tensor& next) {
+        hooks.on_tokens(next.index_select(0, grouped_rows(next.size(0)).to(next.device())));
+      };
+    }
+    if (hooks.stop) {
+      out.stop = [this, hooks, k](std::int64_t row, const Tensor& seq) {
+        return hooks.stop(caller_row(row, k * groups.order.size(0)), seq);
+      };
+    }
+    return out;
+  }
+  void restore(generation::GenerateOutput& out) const {
+    auto back = [&](Tensor& t, std::int64_t dim) {
+      if (t.defined()) t = t.index_select(dim, grouped_rows(t.size(dim)).to(t.device()));
+    };
+    back(out.sequences, 0);
+    back(out.scores, 1);
+    back(out.sequences_scores, 0);
+  }
+};
+
+}  // namespace
+
 generation::GenerateOutput generate(AdapterModelImpl& model, const Tensor& input_ids, const Tensor& attention_mask,
-                                    const GenerationConfig& config, const generation::DecodeHooks& hooks) {
+                                    const GenerationConfig& config, const generation::DecodeHooks& hooks,
+                                    const std::vector<std::string>& adapter_per_row) {
   const auto& arch = model.arch();
   const models::ModelConfig& mc = model.config();
   ADAPTERS_CHECK(arch.kind != models::ArchKind::Encoder, "generate: ", mc.model_type,
@@ -142,7 +210,21 @@ generation::GenerateOutput generate(AdapterModelImpl& model, const Tensor& input
   }
   generation::validate(config, mc.vocab_size);
   std::int64_t channels = 1;
-  if (const auto& setup = model.active_setup()) {
+  std::optional<GroupedPrompts> grouped;
+  if (!adapter_per_row.empty()) {
+    check_adapter_per_row(model, adapter_per_row, input_ids.size(0));
+    for (const auto& name : adapter_per_row) {
+      if (name != kNoAdapter && model.adapter_config(name).method == "prompt_tuning") {
+        throw NotSupported(str("generate: adapter '", name, "' is a prompt-tuning adapter; generating with soft prompts ",
+                               "(their positions before the cache) is not supported yet"));
+      }
+    }
+    grouped.emplace();
+    grouped->groups = group_rows(adapter_per_row);
+    for (std::int64_t i = 0; i < input_ids.size(0); ++i) {
+      grouped->names.push_back(adapter_per_row.at(static_cast<std::size_t>(grouped->groups.order[i].item<std::int64_t>())));
+    }
+  } else if (const auto& setup = model.active_setup()) {
     check_setup_can_generate(*setup, setup->to_string());
     for (const auto& name : setup->flatten()) {
       if (model.has_adapter(name) && model.adapter_config(name).method == "prompt_tuning") {
@@ -176,10 +258,23 @@ generation::GenerateOutput generate(AdapterModelImpl& model, const Tensor& input
   } eval_mode(model);
   torch::NoGradGuard no_grad;
   const torch::Device device = model.parameters().front().device();
-  const Tensor ids = input_ids.to(device, torch::kLong);
-  const Tensor mask = attention_mask.defined() ? attention_mask.to(device, torch::kLong) : torch::ones_like(ids);
+  Tensor ids = input_ids.to(device, torch::kLong);
+  Tensor mask = attention_mask.defined() ? attention_mask.to(device, torch::kLong) : torch::ones_like(ids);
   ModelStepper stepper(model, channels, config.use_cache, max_length);
-  if (!encoder_decoder) return generation::decode(stepper, ids.repeat({channels, 1}), mask.repeat({channels, 1}), config, hooks);
+  if (grouped) {
+    ids = ids.index_select(0, grouped->groups.order.to(device));
+    mask = mask.index_select(0, grouped->groups.order.to(device));
+    stepper.set_row_adapters(grouped->names);
+    if (grouped->groups.identity) grouped.reset();  // nothing to map back
+  }
+  const generation::DecodeHooks step_hooks = grouped ? grouped->wrap(hooks, config.num_return_sequences) : hooks;
+  auto finish = [&](generation::GenerateOutput out) {
+    if (grouped) grouped->restore(out);
+    return out;
+  };
+  if (!encoder_decoder) {
+    return finish(generation::decode(stepper, ids.repeat({channels, 1}), mask.repeat({channels, 1}), config, step_hooks));
+  }
 
   std::int64_t start = config.decoder_start_token_id.value_or(config_token(mc, "decoder_start_token_id"));
   if (start < 0 && config.bos_token_id) start = *config.bos_token_id;
@@ -187,7 +282,7 @@ generation::GenerateOutput generate(AdapterModelImpl& model, const Tensor& input
                  " needs decoder_start_token_id (in generation_config.json, config.json or the call), found none");
   stepper.encode(ids, mask, start);
   const Tensor decoder_ids = torch::full({ids.size(0) * channels, 1}, start, ids.options());
-  return generation::decode(stepper, decoder_ids, Tensor(), config, hooks);
+  return finish(generation::decode(stepper, decoder_ids, Tensor(), config, step_hooks));
 }
 
 }  // namespace adapters

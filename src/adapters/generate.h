@@ -34,8 +34,14 @@ class ModelStepper : public generation::StepModel {
   // (N,V) float32 logits of the next token after `sequences` (N,L).
   torch::Tensor next_logits(const torch::Tensor& sequences, const torch::Tensor& attention_mask) override;
   void select_rows(const torch::Tensor& rows) override;
+  // One adapter per decoding row (grouped: each adapter's rows contiguous, as generate() orders
+  // them); rows keep their adapter through select_rows.
+  void set_row_adapters(std::vector<std::string> adapter_per_row);
 
  private:
+  // The forward options of a step: the row groups' BatchSplit when rows have adapters of their own.
+  ForwardOptions step_options();
+
   AdapterModelImpl& model_;
   std::int64_t channels_;
   bool use_cache_;
@@ -43,14 +49,19 @@ class ModelStepper : public generation::StepModel {
   bool positions_from_mask_;
   nn::KVCache cache_;
   torch::Tensor encoder_states_, encoder_mask_;
+  std::vector<std::string> row_adapters_;
+  Block row_setup_;
 };
 
 // Generates from `input_ids` (B,T) (decoder-only models: left-padded prompts; encoder-decoder
 // models: the source) with the active adapters and heads. Throws before any work when the model
 // cannot generate with its setup (no LM head, a Split/BatchSplit setup, a prompt longer than its
-// positions, ...) or the options are invalid.
+// positions, ...) or the options are invalid. `adapter_per_row` (one name per prompt, kNoAdapter
+// for none) runs each prompt with its own adapter in the one batch, instead of the active setup:
+// every prompt's tokens equal generating it alone with its adapter; outputs keep the prompts' order.
 generation::GenerateOutput generate(AdapterModelImpl& model, const torch::Tensor& input_ids,
                                     const torch::Tensor& attention_mask, const generation::GenerationConfig& config,
-                                    const generation::DecodeHooks& hooks = {});
+                                    const generation::DecodeHooks& hooks = {},
+                                    const std::vector<std::string>& adapter_per_row = {});
 
 }  // namespace adapters

@@ -160,6 +160,12 @@ ModelInputs AdapterModelImpl::with_decoder_inputs(const ModelInputs& inputs, con
 }
 
 ModelOutput AdapterModelImpl::forward(const ModelInputs& raw_inputs, const ForwardOptions& options) {
+  if (!options.adapter_per_row.empty()) {
+    ADAPTERS_CHECK(options.setup == nullptr, "forward: give adapter_per_row or a setup, not both");
+    ForwardOptions rest = options;
+    rest.adapter_per_row.clear();
+    return forward_per_row(*this, raw_inputs, options.adapter_per_row, std::move(rest));
+  }
   const ModelInputs inputs = prepare_inputs(raw_inputs, base_->parameters().front().device());
   nn::ForwardContext ctx;
   std::optional<Block> override_setup;
@@ -179,6 +185,7 @@ ModelOutput AdapterModelImpl::forward(const ModelInputs& raw_inputs, const Forwa
     ctx.adapters_parallelized = channels > 1;
   }
   ctx.pad_token_id = config().pad_token_id;
+  ctx.rows_independent = options.rows_independent && ctx.setup != nullptr;
   ctx.output_gating_scores = options.output_gating_scores;
   ctx.output_fusion_attentions = options.output_fusion_attentions;
   nn::KVCache prefix_cache;  // PEFT's prefix tuning without a caller's cache

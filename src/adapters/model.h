@@ -59,6 +59,13 @@ struct ForwardOptions {
   // The inputs hold every Parallel branch's copy of the batch already (generation replicates once,
   // up front): no site replicates again, and branch i owns rows [i*B, (i+1)*B).
   bool inputs_replicated_for_parallel = false;
+  // One adapter per batch row (names of loaded adapters, kNoAdapter = "__base__" for none): the rows
+  // are grouped by adapter and run in this one forward, each as if alone (see per_row.h). Excludes
+  // `setup`.
+  std::vector<std::string> adapter_per_row;
+  // The setup is a BatchSplit of row groups that each run as if alone (nn::ForwardContext); set by
+  // the per-row path, which groups the rows.
+  bool rows_independent = false;
   // Targets and extra head inputs by the reference's names: "labels", "start_positions",
   // "end_positions", "labels_arcs", "labels_rels", "word_starts".
   HeadTensors head_inputs;

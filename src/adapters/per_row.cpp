@@ -13,14 +13,15 @@ namespace {
 
 using torch::Tensor;
 
-// Rows reordered so that each adapter's rows are contiguous (groups in order of first appearance,
-// rows in their order within a group), and the BatchSplit over those groups.
-struct RowGroups {
-  Tensor order;    // (B) int64: new row i is old row order[i]
-  Tensor inverse;  // (B) int64: old row j is new row inverse[j]
-  Block setup;     // BatchSplit(adapter or kNoAdapter per group, batch_sizes)
-  bool identity = true;
-};
+std::string known_adapters(const AdapterModelImpl& model) {
+  std::string known;
+  for (const auto& n : model.adapter_names()) known += (known.empty() ? "" : ", ") + n;
+  return known.empty() ? "none" : known;
+}
+
+Tensor take_rows(const Tensor& t, const Tensor& rows) { return t.defined() ? t.index_select(0, rows.to(t.device())) : t; }
+
+}  // namespace
 
 RowGroups group_rows(const std::vector<std::string>& names) {
   std::vector<std::string> groups;
@@ -50,41 +51,38 @@ RowGroups group_rows(const std::vector<std::string>& names) {
   return r;
 }
 
-std::string known_adapters(const AdapterModelImpl& model) {
-  std::string known;
-  for (const auto& n : model.adapter_names()) known += (known.empty() ? "" : ", ") + n;
-  return known.empty() ? "none" : known;
-}
-
-Tensor take_rows(const Tensor& t, const Tensor& rows) { return t.defined() ? t.index_select(0, rows.to(t.device())) : t; }
-
-}  // namespace
-
-ModelOutput forward_per_row(AdapterModelImpl& model, const models::ModelInputs& inputs,
-                            const std::vector<std::string>& adapter_per_row, ForwardOptions options) {
-  ADAPTERS_CHECK(options.setup == nullptr, "forward_per_row: give adapter_per_row or a setup, not both");
-  const std::int64_t batch = model.base().batch_size(inputs);
+void check_adapter_per_row(const AdapterModelImpl& model, const std::vector<std::string>& adapter_per_row,
+                           std::int64_t batch) {
   ADAPTERS_CHECK(static_cast<std::int64_t>(adapter_per_row.size()) == batch, "adapter_per_row has ",
                  adapter_per_row.size(), " entries for a batch of ", batch, " rows (expected one per row)");
   for (std::size_t i = 0; i < adapter_per_row.size(); ++i) {
     const std::string& name = adapter_per_row[i];
-    ADAPTERS_CHECK(name == kNoAdapter || model.has_adapter(name), "adapter_per_row[", i, "]: no adapter named '", name,
-                   "' is loaded (known: ", known_adapters(model), "; \"", kNoAdapter, "\" = no adapter)");
-  }
-  // The LoRA family adapts linear layers row by row through the composition driver; the residual
-  // and attention sites apply one adapter's pre- and post-processing to the whole batch
-  // (AdapterHub's BatchSplit), which is not each row alone: refused until they run per group.
-  for (const auto& name : adapter_per_row) {
     if (name == kNoAdapter) continue;
-    const std::string& method = model.adapter_config(name).method;
-    if (method != "lora") {
-      throw NotSupported(str("adapter_per_row: adapter '", name, "' is a ", method,
-                             " adapter; one adapter per row runs the LoRA family (lora, rsLoRA, dora, ia3, vera) so far"),
-                         "run the rows of other adapters as separate batches");
+    ADAPTERS_CHECK(model.has_adapter(name), "adapter_per_row[", i, "]: no adapter named '", name,
+                   "' is loaded (known: ", known_adapters(model), "; \"", kNoAdapter, "\" = no adapter)");
+    const methods::AdapterConfig& config = model.adapter_config(name);
+    const bool past_prefix = config.method == "prefix_tuning" && config.values.value("placement", "") == "past";
+    const bool input_prompt = config.method == "prompt_tuning" && config.values.value("combine", "") == "input";
+    if (past_prefix || input_prompt) {
+      throw NotSupported(str("adapter_per_row[", i, "]: adapter '", name, "' is PEFT's ",
+                             past_prefix ? "prefix tuning (past key/values)" : "prompt tuning (joined at the input)",
+                             ", which moves the positions of every token of its rows; one adapter per row runs the ",
+                             "LoRA family, bottleneck adapters, Compacter, AdapterHub prefix and prompt tuning and ReFT"),
+                         "run the rows of this adapter as a batch of their own");
     }
   }
+}
+
+ModelOutput forward_per_row(AdapterModelImpl& model, const models::ModelInputs& inputs,
+                            const std::vector<std::string>& adapter_per_row, ForwardOptions options) {
+  ADAPTERS_CHECK(options.setup == nullptr, "forward_per_row: give adapter_per_row or a setup, not both");
+  ADAPTERS_CHECK(!options.inputs_replicated_for_parallel, "forward_per_row: rows of one adapter each cannot be Parallel copies");
+  const std::int64_t batch = model.base().batch_size(inputs);
+  check_adapter_per_row(model, adapter_per_row, batch);
   const RowGroups groups = group_rows(adapter_per_row);
+  options.adapter_per_row.clear();
   options.setup = &groups.setup;
+  options.rows_independent = true;
   if (groups.identity) return model.forward(inputs, options);
 
   models::ModelInputs in = inputs;

@@ -4,6 +4,8 @@
 
 #include <torch/torch.h>
 
+#include "adapters/nn/composer.h"
+
 #include <cmath>
 
 #include "adapters/nn/activation.h"
@@ -111,12 +113,35 @@ InvertibleBlock* InvertibleAdaptersHook::active(const nn::ForwardContext& ctx) c
   return ctx.setup == nullptr ? nullptr : find(ctx.setup->first());
 }
 
+namespace {
+
+// One adapter per row: each row group through its own first adapter's block (none: unchanged).
+template <typename F>
+Tensor per_row_groups(const InvertibleAdaptersHook& hook, const composition::Block& groups, const Tensor& h, F apply) {
+  std::vector<Tensor> parts;
+  bool any = false;
+  nn::for_each_row_group(groups, [&](const composition::Block& member, std::int64_t begin, std::int64_t end) {
+    InvertibleBlock* block = hook.find(member.first());
+    any = any || block != nullptr;
+    parts.push_back(block ? apply(*block, h.slice(0, begin, end)) : h.slice(0, begin, end));
+  });
+  return any ? torch::cat(parts, 0) : h;
+}
+
+}  // namespace
+
 Tensor InvertibleAdaptersHook::embeddings(const Tensor& h, Tensor& attention_mask, nn::ForwardContext& ctx) {
+  if (const composition::Block* groups = nn::independent_row_groups(ctx)) {
+    return per_row_groups(*this, *groups, h, [](InvertibleBlock& b, const Tensor& x) { return b.forward(x); });
+  }
   InvertibleBlock* block = active(ctx);
   return block ? block->forward(h) : h;
 }
 
 Tensor InvertibleAdaptersHook::before_lm_head(const Tensor& h, nn::ForwardContext& ctx) {
+  if (const composition::Block* groups = nn::independent_row_groups(ctx)) {
+    return per_row_groups(*this, *groups, h, [](InvertibleBlock& b, const Tensor& x) { return b.inverse(x); });
+  }
   InvertibleBlock* block = active(ctx);
   return block ? block->inverse(h) : h;
 }

@@ -123,7 +123,12 @@ json pattern_value(const json& patterns, const std::vector<std::string>& paths) 
 bool LoRAConfig::targets(const std::vector<std::string>& paths) const {
   if (!selector_matches(target_modules, paths) || selector_matches(exclude_modules, paths)) return false;
   if (layers_to_transform.empty() || target_modules.is_string()) return true;
-  const std::int64_t layer = peft_layer_index(paths.front());
+  // PEFT reads the index from the module's path in the wrapped model ("model.layers.3.self_attn..."):
+  // the first of our names for the module (bare, then prefixed) that has one.
+  std::int64_t layer = -1;
+  for (const auto& path : paths) {
+    if ((layer = peft_layer_index(path)) >= 0) break;
+  }
   return std::find(layers_to_transform.begin(), layers_to_transform.end(), layer) != layers_to_transform.end();
 }
 

@@ -3,6 +3,8 @@
 
 #include <torch/torch.h>
 
+#include "adapters/nn/composer.h"
+
 namespace adapters::methods {
 
 using torch::Tensor;
@@ -105,8 +107,35 @@ PromptTuningLayerImpl::PromptTuningLayerImpl() : prompts_(nn::make_adapter_dict<
 
 Tensor PromptTuningLayerImpl::embeddings(const Tensor& h, Tensor& attention_mask, nn::ForwardContext& ctx) {
   if (ctx.setup == nullptr || prompts_->empty()) return h;
+  if (const composition::Block* groups = nn::independent_row_groups(ctx)) return per_row_groups(*groups, h, attention_mask);
   PromptTuningImpl* prompt = prompts_->find(ctx.setup->first());
   return prompt && !prompt->at_input() ? prompt->forward(h, attention_mask) : h;  // "input": joined by AdapterModel
+}
+
+// One adapter per row: each group joins its own prompt (none for a group without one); groups with
+// shorter prompts are padded at the end with masked-out positions, so that every row's positions
+// from its first token on are those of the row alone.
+Tensor PromptTuningLayerImpl::per_row_groups(const composition::Block& groups, const Tensor& h, Tensor& attention_mask) {
+  const Tensor mask = attention_mask.defined() ? attention_mask
+                                               : torch::ones({h.size(0), h.size(1)}, h.options().dtype(torch::kLong));
+  std::vector<Tensor> hs, masks;
+  std::int64_t longest = 0;
+  nn::for_each_row_group(groups, [&](const composition::Block& member, std::int64_t begin, std::int64_t end) {
+    Tensor rows = h.slice(0, begin, end), rows_mask = mask.slice(0, begin, end);
+    PromptTuningImpl* prompt = prompts_->find(member.first());
+    if (prompt != nullptr && !prompt->at_input()) rows = prompt->forward(rows, rows_mask);
+    longest = std::max(longest, rows.size(1));
+    hs.push_back(rows);
+    masks.push_back(rows_mask);
+  });
+  for (std::size_t i = 0; i < hs.size(); ++i) {
+    const std::int64_t pad = longest - hs[i].size(1);
+    if (pad == 0) continue;
+    hs[i] = torch::cat({hs[i], torch::zeros({hs[i].size(0), pad, hs[i].size(2)}, hs[i].options())}, 1);
+    masks[i] = torch::cat({masks[i], torch::zeros({masks[i].size(0), pad}, masks[i].options())}, 1);
+  }
+  attention_mask = torch::cat(masks, 0);
+  return torch::cat(hs, 0);
 }
 
 void PromptTuningLayerImpl::delete_adapter(const std::string& name) { prompts_->erase(name); }

@@ -54,6 +54,7 @@ class PromptTuningLayerImpl : public nn::ModelHook {
   void add(const std::string& name, std::shared_ptr<PromptTuningImpl> prompt);
 
  private:
+  torch::Tensor per_row_groups(const composition::Block& groups, const torch::Tensor& h, torch::Tensor& attention_mask);
   nn::AdapterDict<PromptTuningImpl> prompts_;
 };
 

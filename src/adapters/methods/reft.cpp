@@ -4,6 +4,8 @@
 
 #include <torch/torch.h>
 
+#include "adapters/nn/composer.h"
+
 #include <algorithm>
 
 namespace adapters::methods {
@@ -175,8 +177,20 @@ void ReftHook::delete_adapter(const std::string& name) {
 }
 
 Tensor ReftHook::layer_output(std::int64_t layer, const Tensor& h, nn::ForwardContext& ctx) {
+  if (ctx.setup == nullptr) return h;
+  if (const composition::Block* groups = nn::independent_row_groups(ctx)) {
+    // One adapter per row: each group's first adapter intervenes on its rows.
+    std::vector<Tensor> parts;
+    bool any = false;
+    nn::for_each_row_group(*groups, [&](const composition::Block& member, std::int64_t begin, std::int64_t end) {
+      ReftModuleImpl* module = find(member.first(), layer);
+      any = any || module != nullptr;
+      parts.push_back(module ? module->forward(h.slice(0, begin, end)) : h.slice(0, begin, end));
+    });
+    return any ? torch::cat(parts, 0) : h;
+  }
   // As the reference: the first adapter of the active setup intervenes.
-  ReftModuleImpl* module = ctx.setup == nullptr ? nullptr : find(ctx.setup->first(), layer);
+  ReftModuleImpl* module = find(ctx.setup->first(), layer);
   return module ? module->forward(h) : h;
 }
 

@@ -15,6 +15,7 @@
 #include "adapters/models/decoder_common.h"
 #include "adapters/models/seq2seq.h"
 #include "adapters/nn/activation.h"
+#include "adapters/nn/composer.h"
 #include "adapters/nn/module_dict.h"
 
 namespace adapters::models {
@@ -204,13 +205,16 @@ struct T5StackImpl : torch::nn::Module {
   Tensor embed(const Tensor& ids, const Tensor& inputs_embeds) {
     return dropout(inputs_embeds.defined() ? inputs_embeds : embed_tokens(ids));
   }
-  // (1,H,Tq,Tk) over the keys after the prefix site: query i at position past + i, key j at j.
-  Tensor position_bias(const nn::AttentionState& s, std::int64_t past) {
+  // (1,H,Tq,Tk) over the keys after the prefix site: query i at position past + i, key j at j;
+  // (B,H,Tq,Tk) when rows' keys start `shift` (B) columns late (shorter prefixes padded on the left).
+  Tensor position_bias(const nn::AttentionState& s, std::int64_t past, const Tensor& shift = Tensor()) {
     const std::int64_t Tq = s.query.size(2), Tk = s.key.size(2);
     auto ids = torch::TensorOptions().dtype(torch::kLong).device(s.query.device());
-    const Tensor relative = torch::arange(Tk, ids).unsqueeze(0) - torch::arange(past, past + Tq, ids).unsqueeze(1);
+    Tensor relative = torch::arange(Tk, ids).unsqueeze(0) - torch::arange(past, past + Tq, ids).unsqueeze(1);  // (Tq,Tk)
+    if (shift.defined()) relative = relative.unsqueeze(0) - shift.to(s.query.device()).view({-1, 1, 1});  // (B,Tq,Tk)
     const Tensor buckets = relative_position_bucket(relative, !is_decoder, num_buckets, max_distance);
-    return block.front()->self_attention->relative_attention_bias(buckets).permute({2, 0, 1}).unsqueeze(0).to(s.query.scalar_type());
+    const Tensor bias = block.front()->self_attention->relative_attention_bias(buckets);  // (...,Tq,Tk,H)
+    return (shift.defined() ? bias.permute({0, 3, 1, 2}) : bias.permute({2, 0, 1}).unsqueeze(0)).to(s.query.scalar_type());
   }
   Tensor finish(const Tensor& h) { return dropout(final_layer_norm(h)); }
 
@@ -222,6 +226,30 @@ struct T5StackImpl : torch::nn::Module {
   torch::nn::Dropout dropout{nullptr};
 };
 TORCH_MODULE(T5Stack);
+
+// One adapter per row: each row's keys are its prefix, then `tokens` keys; rows with a shorter
+// prefix than the longest were padded on the left (nn::AttentionSite), so their keys start that
+// many columns late. (B) int64, or undefined when no row is padded.
+Tensor row_key_shift(const nn::AttentionState& s, std::int64_t tokens, const std::string& location,
+                     const ForwardContext& ctx) {
+  const composition::Block* groups = nn::independent_row_groups(ctx);
+  if (groups == nullptr) return Tensor();
+  const std::int64_t prefixed = s.key.size(2) - tokens;  // the longest prefix
+  std::vector<std::int64_t> shift;
+  bool any = false;
+  nn::for_each_row_group(*groups, [&](const composition::Block& member, std::int64_t begin, std::int64_t end) {
+    std::int64_t own = 0;
+    for (const auto& name : member.flatten()) {
+      auto adapter = ctx.prefix_states.find(name);
+      if (adapter == ctx.prefix_states.end()) continue;
+      auto at = adapter->second.find(location);
+      if (at != adapter->second.end() && !at->second.empty()) own += at->second.front().key.size(2);
+    }
+    any = any || own != prefixed;
+    shift.insert(shift.end(), static_cast<std::size_t>(end - begin), prefixed - own);
+  });
+  return any ? torch::tensor(shift, torch::kLong) : Tensor();
+}
 
 class T5ModelImpl : public EncoderDecoderModelImpl {
  public:
@@ -248,10 +276,12 @@ class T5ModelImpl : public EncoderDecoderModelImpl {
     // The first block computes the bias (with the prefix columns of its attention) and every
     // block reuses it, as the reference passes position_bias on.
     const std::string key = in_decoder ? "decoder_position_bias" : "encoder_position_bias";
-    nn::ScoreBias bias = [&args, &stack, key](const nn::AttentionState& s) {
+    const char* location = in_decoder ? nn::attention_location::kSelf : "encoder_prefix";
+    nn::ScoreBias bias = [&args, &stack, &ctx, key, location](const nn::AttentionState& s) {
       auto it = args.extras.find(key);
       if (it == args.extras.end() || it->second.size(3) != s.key.size(2)) {
-        it = args.extras.insert_or_assign(key, stack->position_bias(s, args.past_length)).first;
+        const Tensor shift = row_key_shift(s, args.past_length + s.query.size(2), location, ctx);
+        it = args.extras.insert_or_assign(key, stack->position_bias(s, args.past_length, shift)).first;
       }
       return it->second;
     };

@@ -16,7 +16,8 @@ using torch::Tensor;
 
 class AttentionComposable : public Composable<AttentionState> {
  public:
-  AttentionComposable(const AttentionSite& site, std::int64_t pad_token_id) : site_(site), pad_token_id_(pad_token_id) {}
+  AttentionComposable(const AttentionSite& site, std::int64_t pad_token_id, bool rows_independent)
+      : site_(site), pad_token_id_(pad_token_id), rows_independent_(rows_independent) {}
 
   bool holds(const std::string& adapter) const override { return site_.adapters_->contains(adapter); }
   std::string describe() const override { return str("layer ", site_.layer_, " ", site_.location_); }
@@ -38,22 +39,36 @@ class AttentionComposable : public Composable<AttentionState> {
   }
 
   // Members may have prefixes of different lengths: shorter keys and values are padded on the
-  // left with pad_token_id and their mask as the reference pads it (see the constructor's note).
+  // left with pad_token_id and their mask as the reference pads it (see the constructor's note);
+  // with one adapter per row, with zeros and masked out, so that each row attends as if alone.
   AttentionState concat_batch(const std::vector<AttentionState>& parts) const override {
-    std::int64_t longest = 0;
+    std::int64_t longest = 0, query_rows = 1;
     for (const auto& p : parts) longest = std::max(longest, p.key.size(2));
+    bool has_mask = true, padded = false;
+    for (const auto& p : parts) {
+      has_mask = has_mask && p.mask.defined();
+      padded = padded || p.key.size(2) < longest;
+      if (p.mask.defined()) query_rows = std::max(query_rows, p.mask.size(2));
+    }
+    const bool exact = rows_independent_ && padded;
     std::vector<Tensor> q, k, v, m, h;
-    bool has_mask = true;
     for (const auto& p : parts) {
       const std::int64_t pad = longest - p.key.size(2);
       q.push_back(p.query);
       h.push_back(p.hidden);
+      if (exact) {
+        k.push_back(pad_left(p.key, pad, 2, 0.0));
+        v.push_back(pad_left(p.value, pad, 2, 0.0));
+        Tensor mask = p.mask.defined() ? p.mask : torch::zeros({p.key.size(0), 1, 1, p.key.size(2)}, p.query.options());
+        mask = pad_left(mask, pad, 3, static_cast<double>(std::numeric_limits<float>::lowest()));
+        m.push_back(mask.expand({p.key.size(0), 1, query_rows, longest}));
+        continue;
+      }
       k.push_back(pad_left(p.key, pad, 2, static_cast<double>(pad_token_id_)));
       v.push_back(pad_left(p.value, pad, 2, static_cast<double>(pad_token_id_)));
-      has_mask = has_mask && p.mask.defined();
       if (p.mask.defined()) m.push_back(pad_left(p.mask, pad, 3, mask_pad_value(p.mask)));
     }
-    return {torch::cat(q, 0), torch::cat(k, 0), torch::cat(v, 0), has_mask ? torch::cat(m, 0) : Tensor(),
+    return {torch::cat(q, 0), torch::cat(k, 0), torch::cat(v, 0), has_mask || exact ? torch::cat(m, 0) : Tensor(),
             torch::cat(h, 0), parts.front().row_offset};
   }
 
@@ -74,6 +89,7 @@ class AttentionComposable : public Composable<AttentionState> {
 
   const AttentionSite& site_;
   std::int64_t pad_token_id_;
+  bool rows_independent_;
 };
 
 AttentionSite::AttentionSite(std::int64_t layer, std::string location, bool invert_mask)
@@ -107,7 +123,11 @@ AttentionState AttentionSite::forward(AttentionState s, ForwardContext& ctx) con
   s.hidden = match_batch(s.hidden, widest);
   s.mask = match_batch(s.mask, widest);
   if (ctx.setup != nullptr && !adapters_->empty() && holds_any(*ctx.setup)) {
-    AttentionComposable site(*this, ctx.pad_token_id);
+    AttentionComposable site(*this, ctx.pad_token_id, ctx.rows_independent);
+    // Row groups slice the mask: a mask broadcast over the batch gets its rows first.
+    if (ctx.rows_independent && s.mask.defined() && s.mask.size(0) != s.key.size(0)) {
+      s.mask = s.mask.expand({s.key.size(0), s.mask.size(1), s.mask.size(2), s.mask.size(3)});
+    }
     s = compose<AttentionState>(site, *ctx.setup, std::move(s), ctx);
     s.query = match_batch(s.query, s.key);
     s.hidden = match_batch(s.hidden, s.key);

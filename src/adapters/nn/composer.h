@@ -40,6 +40,26 @@ inline torch::Tensor weighted_sum(const std::vector<torch::Tensor>& parts, const
   return sum;
 }
 
+// With ctx.rows_independent (one adapter per row): the setup's BatchSplit of row groups (the setup
+// itself or a Stack holding only it); null otherwise.
+inline const Block* independent_row_groups(const ForwardContext& ctx) {
+  if (!ctx.rows_independent || ctx.setup == nullptr) return nullptr;
+  const Block* b = ctx.setup;
+  if (b->type == BlockType::Stack && b->children.size() == 1) b = &b->children.front();
+  return b->type == BlockType::BatchSplit ? b : nullptr;
+}
+
+// Applies f(member, begin, end) to each row group of a BatchSplit, in order.
+template <typename F>
+void for_each_row_group(const Block& groups, F f) {
+  std::int64_t begin = 0;
+  for (std::size_t i = 0; i < groups.children.size(); ++i) {
+    const std::int64_t end = begin + groups.batch_sizes.at(i);
+    f(groups.children[i], begin, end);
+    begin = end;
+  }
+}
+
 template <typename State>
 class Composable {
  public:

@@ -38,6 +38,12 @@ struct ForwardContext {
   bool adapters_parallelized = false;
   // The model's pad token: the reference pads shorter prefixes of Parallel members with it.
   std::int64_t pad_token_id = 0;
+  // One adapter per row (forward_per_row): the setup's BatchSplit members are row groups that each
+  // run exactly as if alone. Residual sites apply each member's own pre- and post-processing (a
+  // member without an adapter here: the plain residual), prefixes of different lengths are padded
+  // and masked out, model-level hooks (prompts, ReFT) act per member. Without it BatchSplit follows
+  // the reference (its first adapter's pre-processing and last adapter's post-processing for all).
+  bool rows_independent = false;
 
   bool output_gating_scores = false;
   bool output_fusion_attentions = false;

@@ -159,12 +159,16 @@ void ResidualSite::add_fusion(const std::string& name, std::shared_ptr<BertFusio
 
 void ResidualSite::delete_fusion(const std::string& name) { fusions_->erase(name); }
 
+bool ResidualSite::holds_any(const Block& setup) const {
+  for (const auto& name : setup.flatten()) {
+    if (adapters_->contains(name)) return true;
+  }
+  return false;
+}
+
 const Block* ResidualSite::active_setup(const ForwardContext& ctx) const {
   if (ctx.setup == nullptr || adapters_->empty()) return nullptr;
-  for (const auto& name : ctx.setup->flatten()) {
-    if (adapters_->contains(name)) return ctx.setup;
-  }
-  return nullptr;
+  return holds_any(*ctx.setup) ? ctx.setup : nullptr;
 }
 
 Tensor ResidualSite::forward(const Tensor& hidden_in, const Tensor& input_in, const Norm& norm,
@@ -174,12 +178,28 @@ Tensor ResidualSite::forward(const Tensor& hidden_in, const Tensor& input_in, co
   const Tensor hidden = match_batch(hidden_in, input);
   const Block* setup = active_setup(ctx);
   if (setup == nullptr) return norm ? norm(hidden + input) : hidden + input;
+  const Block* groups = independent_row_groups(ctx);
+  if (groups == nullptr) return forward_setup(*setup, hidden, input, norm, ctx);
+  // One adapter per row: each group as if alone (its own pre/post-processing; none: the plain sum).
+  std::vector<Tensor> parts;
+  for_each_row_group(*groups, [&](const Block& member, std::int64_t begin, std::int64_t end) {
+    const Tensor h = hidden.slice(0, begin, end), in = input.slice(0, begin, end);
+    if (holds_any(member)) {
+      parts.push_back(forward_setup(composition::normalize_active(member), h, in, norm, ctx));
+    } else {
+      parts.push_back(norm ? norm(h + in) : h + in);
+    }
+  });
+  return parts.size() == 1 ? parts.front() : torch::cat(parts, 0);
+}
 
+Tensor ResidualSite::forward_setup(const Block& setup, const Tensor& hidden, const Tensor& input, const Norm& norm,
+                                   ForwardContext& ctx) const {
   ResidualComposable site(*this, norm);
-  ResidualState out = compose<ResidualState>(site, *setup, {hidden, input, Tensor(), Tensor()}, ctx);
+  ResidualState out = compose<ResidualState>(site, setup, {hidden, input, Tensor(), Tensor()}, ctx);
   // The last adapter of the setup that lives here decides the residual and norm after it.
   ResidualAdapter* last = nullptr;
-  for (const auto& name : setup->flatten()) {
+  for (const auto& name : setup.flatten()) {
     if (auto* a = adapters_->find(name)) last = a;
   }
   return last->post_forward(out.hidden, match_batch(hidden, out.hidden), out.input, norm);

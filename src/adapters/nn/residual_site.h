@@ -88,6 +88,10 @@ class ResidualSite {
  private:
   // The active setup if any of its adapters lives here, else null.
   const composition::Block* active_setup(const ForwardContext& ctx) const;
+  // The reference's adapter_layer_forward of `setup` (some of whose adapters live here).
+  torch::Tensor forward_setup(const composition::Block& setup, const torch::Tensor& hidden, const torch::Tensor& input,
+                              const Norm& norm, ForwardContext& ctx) const;
+  bool holds_any(const composition::Block& setup) const;
   friend class ResidualComposable;
   void store_gating_score(ForwardContext& ctx, const std::string& name, const torch::Tensor& gate) const;
 
