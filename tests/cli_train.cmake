@@ -76,3 +76,29 @@ execute_process(COMMAND ${ADAPTERS} pretrain --objective causal --config ${MODEL
 if(NOT rc EQUAL 1 OR NOT err MATCHES "expected a decoder")
   message(FATAL_ERROR "expected exit 1 naming a decoder for --objective causal on an encoder, found ${rc}: ${err}")
 endif()
+# One adapter per example (multi-tenant training): the tenant column names each example's adapter;
+# every named adapter trains in the same batches, one adapter per row, and is saved on its own
+# beside the head they share.
+execute_process(COMMAND ${ADAPTERS} train ${common} --adapter-config "lora[r=4]" --train ${DATA}/tenants.jsonl
+                        --adapter-column tenant --output ${OUT}/tenants --max-steps 3 --batch-size 6 --no-progress
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "adapters train --adapter-column exited ${rc}: ${out} ${err}")
+endif()
+foreach(f adapters/a/adapter_config.json adapters/a/adapter.safetensors adapters/b/adapter.safetensors
+          adapters/task/head_config.json)
+  if(NOT EXISTS ${OUT}/tenants/${f})
+    message(FATAL_ERROR "adapters train --adapter-column wrote no ${f}")
+  endif()
+endforeach()
+if(EXISTS ${OUT}/tenants/adapters/__base__)
+  message(FATAL_ERROR "\"__base__\" examples must train no adapter")
+endif()
+# A validation example naming an adapter the training data does not have: exit 1, named.
+execute_process(COMMAND ${ADAPTERS} train ${common} --adapter-config lora --train ${DATA}/tenants.jsonl
+                        --validation ${DATA}/tenants_validation.jsonl --adapter-column tenant --output ${OUT}/tenants_bad
+                        --max-steps 1 --no-progress
+                RESULT_VARIABLE rc OUTPUT_QUIET ERROR_VARIABLE err)
+if(NOT rc EQUAL 1 OR NOT err MATCHES "tenants_validation.jsonl:2: adapter 'c'")
+  message(FATAL_ERROR "expected exit 1 naming tenants_validation.jsonl:2 and adapter 'c', found ${rc}: ${err}")
+endif()

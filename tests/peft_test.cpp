@@ -119,5 +119,66 @@ TEST(PeftPromptTuning, JoinsBeforeTheEmbeddingsAndRefusesGeneration) {
   }
 }
 
+// PEFT's prefix tuning is past key/values: the output keeps the tokens' length, the tokens' positions
+// follow the prefix (fixtures.peft checks the values on nine architectures); a table whose heads do
+// not fit the model is refused naming adapter_config.json.
+TEST(PeftPrefixTuning, FillsTheCacheAndChecksItsShape) {
+  const fs::path model_path = fs::path(ADAPTERS_FIXTURES) / "peft" / "models" / "llama";
+  AdapterModel model = load_pretrained(model_path);
+  const torch::Tensor plain = hidden(model, tiny_inputs());
+  model->load_adapter(peft_case("llama__prefix") / "adapter", "past", WeightsPreference::Safetensors, true);
+  const torch::Tensor prefixed = hidden(model, tiny_inputs());
+  EXPECT_EQ(prefixed.sizes(), plain.sizes());
+  EXPECT_GT((prefixed - plain).abs().max().item<double>(), 1e-3);
+  EXPECT_EQ(model->adapter_config("past").values.at("placement"), "past");
+
+  const fs::path tmp = fs::temp_directory_path() / "adapters_peft_prefix_bad";
+  fs::remove_all(tmp);
+  fs::copy(peft_case("llama__prefix") / "adapter", tmp);
+  json config = json::parse(io::read_text_file(tmp / "adapter_config.json"));
+  config["token_dim"] = config["token_dim"].get<std::int64_t>() * 2;
+  io::write_file_atomic(tmp / "adapter_config.json", config.dump());
+  const std::string error = error_of([&] { model->load_adapter(tmp, "bad"); });
+  EXPECT_NE(error.find("adapter_config.json: num_attention_heads"), std::string::npos) << error;
+  EXPECT_FALSE(model->has_adapter("bad"));
+  fs::remove_all(tmp);
+}
+
+// Generation with a PEFT prefix: the prefix goes in front of the cache and counts in the positions
+// (as PEFT's prepare_inputs_for_generation); the first step's scores are the forward's logits at
+// the last prompt position, and the cached steps give the tokens and scores of recomputing.
+class PeftPrefixGeneration : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(PeftPrefixGeneration, CachedStepsEqualRecomputingAndTheFirstEqualsTheForward) {
+  const std::string arch = GetParam();
+  const bool seq2seq = arch == "t5" || arch == "bart";
+  AdapterModel model = load_pretrained(fs::path(ADAPTERS_FIXTURES) / "peft" / "models" / arch);
+  model->load_adapter(peft_case(arch + "__prefix") / "adapter", "past", WeightsPreference::Safetensors, true);
+  torch::manual_seed(3);
+  model->add_head("lm", seq2seq ? "seq2seq_lm" : "causal_lm");
+  model->eval();
+  const models::ModelInputs in = tiny_inputs();
+  generation::GenerationConfig g;
+  g.max_new_tokens = 4;
+  g.output_scores = true;
+  g.pad_token_id = 0;
+  g.decoder_start_token_id = 0;
+  const auto cached = generate(*model, in.input_ids, in.attention_mask, g);
+  g.use_cache = false;
+  const auto recomputed = generate(*model, in.input_ids, in.attention_mask, g);
+  EXPECT_TRUE(torch::equal(cached.sequences, recomputed.sequences)) << cached.sequences << recomputed.sequences;
+  EXPECT_LT((cached.scores - recomputed.scores).abs().max().item<double>(), 1e-4);
+  // Row 0 has no padding: its first step is the forward's last position.
+  torch::NoGradGuard no_grad;
+  models::ModelInputs first = in;
+  first.input_ids = in.input_ids.narrow(0, 0, 1);
+  first.attention_mask = in.attention_mask.narrow(0, 0, 1);
+  if (seq2seq) first.decoder_input_ids = torch::zeros({1, 1}, torch::kLong);
+  const torch::Tensor logits = model->forward(first).head.at("logits").select(1, -1);  // (1,V)
+  EXPECT_LT((cached.scores.select(0, 0).narrow(0, 0, 1) - logits).abs().max().item<double>(), 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(Archs, PeftPrefixGeneration, ::testing::Values("llama", "gpt2", "mistral", "t5", "bart"));
+
 }  // namespace
 }  // namespace adapters::test

@@ -33,6 +33,7 @@
 #include "adapters/io/image.h"
 #include "adapters/model.h"
 #include "adapters/models/registry.h"
+#include "adapters/per_row.h"
 #include "adapters/tokenizer/tokenizer.h"
 #include "adapters/train/metrics.h"
 #include "adapters/train/progress.h"
@@ -53,6 +54,7 @@ struct DataArgs {
   std::string train, validation, test;
   std::string task = "sequence_classification";
   std::string text_column = "text", pair_column, label_column = "label";
+  std::string adapter_column;  // multi-tenant training: the column naming each example's adapter
   std::string on_malformed = "fatal";
   std::size_t max_length = 128, doc_stride = 0;
 
@@ -64,7 +66,12 @@ struct DataArgs {
   }
 
   void add(CLI::App* cmd, bool with_train) {
-    if (with_train) cmd->add_option("--train", train, "Training data (JSONL, CSV or TSV)")->required()->check(CLI::ExistingFile);
+    if (with_train) {
+      cmd->add_option("--train", train, "Training data (JSONL, CSV or TSV)")->required()->check(CLI::ExistingFile);
+      cmd->add_option("--adapter-column", adapter_column,
+                      "Column naming each example's adapter: one adapter per distinct name (--adapter-config each), all "
+                      "trained together in one batch, one adapter per row (\"__base__\": the example trains none)");
+    }
     cmd->add_option("--validation", validation, "Validation data")->check(CLI::ExistingFile);
     cmd->add_option("--test", test, "Test data")->check(CLI::ExistingFile);
     cmd->add_option("--task", task,
@@ -89,6 +96,7 @@ struct DataArgs {
     o.columns.text = text_column;
     o.columns.text_pair = pair_column;
     o.columns.label = label_column;
+    o.columns.adapter = adapter_column;
     o.on_malformed = on_malformed == "skip" ? tr::MalformedPolicy::Skip : tr::MalformedPolicy::Fatal;
     return o;
   }
@@ -275,6 +283,24 @@ MeasuredRun train_measured(AdapterModel& model, const tr::FeatureSet& train, con
   return run;
 }
 
+// Multi-tenant data: the distinct adapter names of the training split (sorted; "__base__" is no
+// adapter); validation and test examples must name one of them.
+std::vector<std::string> tenants_of(const tr::TaskData& data, const DataArgs& d) {
+  std::set<std::string> names;
+  for (const auto& e : data.train.examples) {
+    if (e.adapter != kNoAdapter) names.insert(e.adapter);
+  }
+  ADAPTERS_CHECK(!names.empty(), data.train.source, ": column '", d.adapter_column, "' names no adapter (only \"",
+                 kNoAdapter, "\")");
+  for (const auto* split : {&data.validation, &data.test}) {
+    for (const auto& e : split->examples) {
+      ADAPTERS_CHECK(e.adapter == kNoAdapter || names.count(e.adapter), split->where(e), ": adapter '", e.adapter,
+                     "' (column '", d.adapter_column, "') does not occur in the training data");
+    }
+  }
+  return {names.begin(), names.end()};
+}
+
 TrainOutcome run_training(const TrainArgs& a, const DataArgs& d) {
   use_all_cores();
   const fs::path model_dir = hub::resolve_model(a.model);
@@ -296,13 +322,26 @@ TrainOutcome run_training(const TrainArgs& a, const DataArgs& d) {
   model->to(device, parse_dtype(a.dtype));
   ADAPTERS_CHECK(a.full != !a.adapter_config.empty(), "train: give either --adapter-config SPEC or --full");
   const auto [head_type, head_options] = head_for(train.task, data.labels);
-  if (!a.full) model->add_adapter(a.name, a.adapter_config);
-  model->add_head(a.name, head_type, head_options);
-  if (a.full) {
-    model->freeze_model(false);
-    model->train();
+  const std::vector<std::string> tenants = d.adapter_column.empty() ? std::vector<std::string>{} : tenants_of(data, d);
+  if (!tenants.empty()) {
+    ADAPTERS_CHECK(!a.full && a.setup.empty(), "train --adapter-column: every example trains its own adapter (",
+                   "--adapter-config); --full and --setup do not apply");
+    std::vector<Block> members;
+    for (const auto& tenant : tenants) {
+      model->add_adapter(tenant, a.adapter_config);
+      members.push_back(Block::adapter(tenant));
+    }
+    model->add_head(a.name, head_type, head_options);
+    model->train_adapter(Block::of(composition::BlockType::Stack, std::move(members)));  // rows pick their own
   } else {
-    model->train_adapter(a.setup.empty() ? Block::adapter(a.name) : composition::parse(a.setup));
+    if (!a.full) model->add_adapter(a.name, a.adapter_config);
+    model->add_head(a.name, head_type, head_options);
+    if (a.full) {
+      model->freeze_model(false);
+      model->train();
+    } else {
+      model->train_adapter(a.setup.empty() ? Block::adapter(a.name) : composition::parse(a.setup));
+    }
   }
 
   tr::TrainerOptions options = a.trainer;
@@ -320,8 +359,12 @@ TrainOutcome run_training(const TrainArgs& a, const DataArgs& d) {
   out.peak_mb = run.peak_mb;
   if (test) out.test_metrics = tr::evaluate(*model, *test, options.batch_size, device, &data.test).metrics;
 
-  out.saved = fs::path(a.output) / (a.full ? "model" : "adapter");
-  if (a.full) {
+  out.saved = fs::path(a.output) / (a.full ? "model" : tenants.empty() ? "adapter" : "adapters");
+  if (!tenants.empty()) {
+    // adapters/<tenant>/ each adapter, adapters/<head name>/ the head the tenants share.
+    for (const auto& tenant : tenants) model->save_adapter(out.saved / tenant, tenant, /*with_head=*/false);
+    model->save_head(out.saved / a.name, a.name);
+  } else if (a.full) {
     formats::save_pretrained(*model, out.saved);
     model->save_head(out.saved / "head", a.name);
   } else {

@@ -6,6 +6,7 @@
 #include "adapters/core/error.h"
 #include "adapters/core/json.h"
 #include "adapters/io/tensors.h"
+#include "adapters/methods/prefix_tuning.h"
 #include "adapters/per_row.h"
 
 namespace adapters {
@@ -57,7 +58,8 @@ ModelStepper::ModelStepper(AdapterModelImpl& model, std::int64_t channels, bool 
     : model_(model), channels_(channels), use_cache_(use_cache),
       encoder_decoder_(model.arch().kind == models::ArchKind::EncoderDecoder),
       positions_from_mask_(model.arch().generation_positions_from_mask) {
-  cache_.reserve(max_length);  // one allocation per layer: steps copy only their new tokens
+  prefix_ = methods::past_prefix_length(model.base(), model.active_setup() ? &*model.active_setup() : nullptr);
+  cache_.reserve(prefix_ + max_length);  // one allocation per layer: steps copy only their new tokens
 }
 
 void ModelStepper::encode(const Tensor& input_ids, const Tensor& attention_mask, std::int64_t decoder_start) {
@@ -73,7 +75,8 @@ void ModelStepper::encode(const Tensor& input_ids, const Tensor& attention_mask,
 }
 
 Tensor ModelStepper::next_logits(const Tensor& sequences, const Tensor& attention_mask) {
-  const std::int64_t seen = use_cache_ ? cache_.length() : 0;
+  // Tokens of `sequences` in the cache (a PEFT prefix sits in front of them).
+  const std::int64_t seen = use_cache_ ? std::max<std::int64_t>(0, cache_.length() - prefix_) : 0;
   models::ModelInputs in;
   if (encoder_decoder_) {
     in.encoder_hidden_states = encoder_states_;
@@ -81,11 +84,15 @@ Tensor ModelStepper::next_logits(const Tensor& sequences, const Tensor& attentio
     in.decoder_input_ids = sequences.slice(1, seen);
   } else {
     in.input_ids = sequences.slice(1, seen);
-    in.attention_mask = attention_mask;
-    if (positions_from_mask_ && attention_mask.defined()) {
+    // PEFT's prepare_inputs_for_generation: the prefix's positions are attended and counted.
+    const Tensor mask = prefix_ > 0 && attention_mask.defined()
+                            ? torch::cat({torch::ones({attention_mask.size(0), prefix_}, attention_mask.options()), attention_mask}, 1)
+                            : attention_mask;
+    in.attention_mask = mask;
+    if (positions_from_mask_ && mask.defined()) {
       // HF's prepare_inputs_for_generation: positions count the real tokens of each row.
-      Tensor positions = attention_mask.cumsum(-1) - 1;
-      in.position_ids = positions.masked_fill(attention_mask.eq(0), 1).slice(1, seen);
+      Tensor positions = mask.cumsum(-1) - 1;
+      in.position_ids = positions.masked_fill(mask.eq(0), 1).slice(1, prefix_ + seen);
     }
   }
   in.cache = use_cache_ ? &cache_ : nullptr;

@@ -48,6 +48,7 @@ class ModelStepper : public generation::StepModel {
   bool encoder_decoder_;
   bool positions_from_mask_;
   nn::KVCache cache_;
+  std::int64_t prefix_ = 0;  // a PEFT prefix's tokens in front of the cache
   torch::Tensor encoder_states_, encoder_mask_;
   std::vector<std::string> row_adapters_;
   Block row_setup_;

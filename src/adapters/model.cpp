@@ -138,8 +138,14 @@ ModelInputs with_past_prefix(const ModelInputs& in, const Block* setup, AdapterM
   const std::int64_t B = model.base().batch_size(in);
   const std::int64_t P = methods::prefill_past_prefix(model.base(), prefix, B, *out.cache);
   prefilled = P;
-  Tensor& mask = model.arch().kind == models::ArchKind::EncoderDecoder ? out.decoder_attention_mask : out.attention_mask;
-  if (mask.defined()) mask = torch::cat({torch::ones({B, P}, mask.options()), mask}, 1);
+  // The mask of the tokens alone grows by the prefix; one that covers it already (generation's,
+  // as PEFT's prepare_inputs_for_generation makes it) stays.
+  const bool encoder_decoder = model.arch().kind == models::ArchKind::EncoderDecoder;
+  Tensor& mask = encoder_decoder ? out.decoder_attention_mask : out.attention_mask;
+  const Tensor& tokens = encoder_decoder ? out.decoder_input_ids : out.input_ids.defined() ? out.input_ids : out.inputs_embeds;
+  if (mask.defined() && tokens.defined() && mask.size(1) == tokens.size(1)) {
+    mask = torch::cat({torch::ones({B, P}, mask.options()), mask}, 1);
+  }
   return out;
 }
 

@@ -346,6 +346,17 @@ std::int64_t prefill_past_prefix(models::BaseModelImpl& model, const std::string
   return table.front().key.size(2);
 }
 
+std::int64_t past_prefix_length(models::BaseModelImpl& model, const composition::Block* setup) {
+  if (setup == nullptr) return 0;
+  auto pool = model.hooks().find<PrefixTuningPoolImpl>(kPoolName);
+  if (!pool) return 0;
+  for (const auto& name : setup->flatten()) {
+    const PrefixTuningGroupImpl* group = pool->group(name);
+    if (group != nullptr && group->past) return group->prefix_length();
+  }
+  return 0;
+}
+
 MethodSpec prefix_tuning_method() {
   MethodSpec spec;
   spec.name = "prefix_tuning";

@@ -103,7 +103,8 @@ class PrefixTuningGroupImpl : public torch::nn::Module {
   void eject();
   // Placement "past": filled into the key/value cache by prefill_past_prefix, not by the pool.
   bool past = false;
-  std::int64_t submodules = 1;  // PEFT's num_transformer_submodules (see PrefixTuningConfig)
+  std::int64_t submodules = 1;
+  std::int64_t prefix_length() const { return prefix_length_; }  // PEFT's num_transformer_submodules (see PrefixTuningConfig)
 
  private:
   std::int64_t heads_, head_dim_;
@@ -151,5 +152,8 @@ MethodSpec prefix_tuning_method();
 // prefix length; returns 0 when the adapter is not a "past" prefix. Differentiable.
 std::int64_t prefill_past_prefix(models::BaseModelImpl& model, const std::string& adapter, std::int64_t batch,
                                  nn::KVCache& cache);
+// The length of the "past" prefix among the setup's adapters (0: none), i.e. what
+// prefill_past_prefix puts in front of a cache for this setup.
+std::int64_t past_prefix_length(models::BaseModelImpl& model, const composition::Block* setup);
 
 }  // namespace adapters::methods

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "adapters/core/error.h"
 #include "adapters/nn/composer.h"
@@ -127,6 +128,30 @@ class LinearComposable : public Composable<LinearState> {
   const AdaptedLinearImpl& layer_;
 };
 
+namespace {
+
+// One adapter per row (every member an adapter): each group's delta on its rows' segment of the one
+// base product, rows whose adapter has no delta here keep the base output; one concatenation.
+// Null when a member is a block (the composition driver runs it).
+std::optional<Tensor> row_group_deltas(const AdaptedLinearImpl& layer, const Block& groups, const Tensor& x,
+                                       const Tensor& y, ForwardContext& ctx) {
+  for (const Block& member : groups.children) {
+    if (!member.is_adapter()) return std::nullopt;
+  }
+  const Tensor w = layer.weight_out_in();
+  std::vector<Tensor> parts;
+  bool any = false;
+  for_each_row_group(groups, [&](const Block& member, std::int64_t begin, std::int64_t end) {
+    const Tensor rows = y.slice(0, begin, end);
+    LinearDelta* delta = layer.is_merged(member.name) ? nullptr : layer.loras->find(member.name);
+    any = any || delta != nullptr;
+    parts.push_back(delta ? delta->apply({x.slice(0, begin, end), w, layer.bias, rows, ctx}, rows) : rows);
+  });
+  return any ? torch::cat(parts, 0) : y;
+}
+
+}  // namespace
+
 bool AdaptedLinearImpl::any_active(const Block& setup) const {
   for (const auto& name : setup.flatten()) {
     if (loras->contains(name) && !is_merged(name)) return true;
@@ -151,6 +176,9 @@ Tensor AdaptedLinearImpl::forward(const Tensor& x, ForwardContext& ctx) {
     return delta->apply({x, w, bias, y, ctx}, y);
   }
   if (!any_active(setup)) return y;
+  if (const Block* groups = independent_row_groups(ctx)) {
+    if (auto out = row_group_deltas(*this, *groups, x, y, ctx)) return *out;
+  }
   LinearComposable site(*this);
   return compose<LinearState>(site, *ctx.setup, {x, y, y}, ctx).y;
 }

@@ -440,6 +440,7 @@ std::vector<std::string> required_columns(TaskKind task, const Columns& c) {
       names.insert(names.end(), c.choice_columns.begin(), c.choice_columns.end());
       break;
   }
+  names.push_back(c.adapter);
   names.erase(std::remove(names.begin(), names.end(), std::string()), names.end());
   return names;
 }
@@ -521,6 +522,11 @@ Dataset parse_dataset(const std::string& text, const std::string& source, FileFo
     }
     try {
       Example example = parse_example(record.fields, options.task, options.columns);
+      if (!options.columns.adapter.empty()) {
+        const std::string& column = options.columns.adapter;
+        example.adapter = as_text(require_field(record.fields, column), column);
+        if (example.adapter.empty()) throw RecordError{str("field ", quoted(column), ": expected an adapter name, found \"\"")};
+      }
       example.line = record.line;
       dataset.examples.push_back(std::move(example));
     } catch (const RecordError& e) {
@@ -855,6 +861,7 @@ class FeatureMaker {
     const Example& example = dataset_.examples[index];
     Feature feature;
     feature.example = index;
+    feature.adapter = example.adapter;
     switch (dataset_.task) {
       case TaskKind::SequenceClassification:
       case TaskKind::Regression:
@@ -929,6 +936,7 @@ class FeatureMaker {
     for (size_t begin = 0;; begin += room - doc_stride_) {
       Feature feature;
       feature.example = index;
+      feature.adapter = example.adapter;
       question_answering(context_window(full, begin, begin + room), example, feature);
       out.push_back(std::move(feature));
       if (begin + room >= context) break;
@@ -1055,6 +1063,7 @@ Batch collate(const FeatureSet& set, const std::vector<size_t>& indices) {
     ADAPTERS_CHECK(static_cast<int64_t>(f.rows.size()) == batch.num_choices, "collate: expected ", batch.num_choices,
                    " rows per feature (choices), found ", f.rows.size(), " in feature ", i);
     for (const TokenRow& row : f.rows) {
+      if (!f.adapter.empty()) batch.adapters.push_back(f.adapter);
       append_padded(batch.input_ids, row.input_ids, length, set.pad_id);
       if (set.task != TaskKind::CausalLM) append_padded(batch.token_type_ids, row.token_type_ids, length, set.pad_type_id);
       append_padded(batch.attention_mask, std::vector<int64_t>(row.input_ids.size(), 1), length, int64_t{0});
@@ -1072,6 +1081,8 @@ Batch collate(const FeatureSet& set, const std::vector<size_t>& indices) {
         break;
     }
   }
+  ADAPTERS_CHECK(batch.adapters.empty() || batch.adapters.size() == static_cast<size_t>(batch.batch_size * batch.num_choices),
+                 "collate: some examples name an adapter and some do not (features ", indices.front(), "...)");
   return batch;
 }
 

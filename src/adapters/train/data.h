@@ -67,6 +67,9 @@ struct Columns {
   // (the 0-based index of the right choice).
   std::vector<std::string> choice_columns;
   std::string choices = "choices";
+  // One adapter per example (multi-tenant training): the column naming each example's adapter
+  // ("__base__": none); empty: every example trains the same adapters.
+  std::string adapter;
 };
 
 // ---- examples and datasets ----------------------------------------------------------------------
@@ -89,6 +92,7 @@ struct Example {
   std::vector<std::string> labels;
   double target = 0;                // regression
   int64_t correct_choice = -1;      // multiple choice: index into `choices`
+  std::string adapter;              // Columns::adapter's value, when that column is read
 };
 
 // JSONL: one JSON object per line (also for .json files). CSV: a header row, then RFC 4180
@@ -224,6 +228,7 @@ struct Feature {
   std::vector<int64_t> token_labels;
   int64_t start_position = 0, end_position = 0;
   std::vector<std::optional<tokenizer::Offsets>> context_offsets;
+  std::string adapter;  // the example's adapter (Columns::adapter), or empty
 
   size_t length() const;  // tokens of the longest row
 };
@@ -273,6 +278,7 @@ struct Batch {
   std::vector<float> float_labels;     // (B) regression; (B, num_labels) multilabel
   std::vector<int64_t> start_positions, end_positions;  // (B) question answering
   std::vector<size_t> features;        // (B) indices into FeatureSet::features
+  std::vector<std::string> adapters;   // (B*C) each model row's adapter (Columns::adapter), or empty
 
   // {B, T}, or {B, C, T} for multiple choice: the shape of input_ids.
   std::vector<int64_t> shape() const;

@@ -308,6 +308,7 @@ EvalResult evaluate(AdapterModelImpl& model, const FeatureSet& features, size_t 
     const Batch batch = collate(features, indices);
     ForwardOptions options;
     options.head_inputs = to_head_inputs(batch, features.task, device);
+    options.adapter_per_row = batch.adapters;  // multi-tenant data: each row's own adapter
     const ModelOutput out = model.forward(inputs_for(model, batch, device), options);
     ADAPTERS_CHECK(out.loss.defined(), "evaluate: the model returned no loss (expected an active head for task ",
                    to_string(features.task), ")");
@@ -717,6 +718,7 @@ TrainResult Trainer::train(AdapterModel& model, const FeatureSet& train_set, con
       const Batch batch = collate(train_set, plan[static_cast<size_t>(b)]);
       ForwardOptions forward;
       forward.head_inputs = to_head_inputs(batch, train_set.task, o.device);
+      forward.adapter_per_row = batch.adapters;  // multi-tenant data: each row trains its own adapter
       const ModelOutput out = model->forward(inputs_for(*model, batch, o.device), forward);
       ADAPTERS_CHECK(out.loss.defined(), "train: the model returned no loss (expected an active head for task ",
                      to_string(train_set.task), ")");
