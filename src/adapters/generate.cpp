@@ -54,11 +54,21 @@ std::int64_t config_token(const models::ModelConfig& c, const char* key) {
 
 }  // namespace
 
+std::int64_t input_prompt_length(const AdapterModelImpl& model, const Block* setup) {
+  if (setup == nullptr || !model.has_adapter(setup->first())) return 0;
+  const methods::AdapterConfig& config = model.adapter_config(setup->first());
+  if (config.method != "prompt_tuning" || config.values.value("combine", std::string()) != "input") return 0;
+  return config.values.at("prompt_length").get<std::int64_t>();
+}
+
 ModelStepper::ModelStepper(AdapterModelImpl& model, std::int64_t channels, bool use_cache, std::int64_t max_length)
     : model_(model), channels_(channels), use_cache_(use_cache),
       encoder_decoder_(model.arch().kind == models::ArchKind::EncoderDecoder),
       positions_from_mask_(model.arch().generation_positions_from_mask) {
-  prefix_ = methods::past_prefix_length(model.base(), model.active_setup() ? &*model.active_setup() : nullptr);
+  const Block* setup = model.active_setup() ? &*model.active_setup() : nullptr;
+  past_prefix_ = methods::past_prefix_length(model.base(), setup);
+  input_prompt_ = input_prompt_length(model, setup);
+  prefix_ = past_prefix_ + (encoder_decoder_ ? 0 : input_prompt_);  // the encoder holds a seq2seq model's prompt
   cache_.reserve(prefix_ + max_length);  // one allocation per layer: steps copy only their new tokens
 }
 
@@ -71,7 +81,11 @@ void ModelStepper::encode(const Tensor& input_ids, const Tensor& attention_mask,
   options.skip_heads = true;
   const ModelOutput out = model_.forward(in, options);
   encoder_states_ = out.encoder_last_hidden_state;
-  encoder_mask_ = attention_mask.defined() ? attention_mask.repeat({channels_, 1}) : Tensor();
+  Tensor mask = attention_mask;
+  if (mask.defined() && input_prompt_ > 0) {  // the encoder's states begin with the soft prompt
+    mask = torch::cat({torch::ones({mask.size(0), input_prompt_}, mask.options()), mask}, 1);
+  }
+  encoder_mask_ = mask.defined() ? mask.repeat({channels_, 1}) : Tensor();
 }
 
 Tensor ModelStepper::next_logits(const Tensor& sequences, const Tensor& attention_mask) {
@@ -91,8 +105,10 @@ Tensor ModelStepper::next_logits(const Tensor& sequences, const Tensor& attentio
     in.attention_mask = mask;
     if (positions_from_mask_ && mask.defined()) {
       // HF's prepare_inputs_for_generation: positions count the real tokens of each row.
+      // The first step's inputs hold a PEFT prompt (not yet in the cache) with the tokens.
+      const std::int64_t first = seen == 0 ? past_prefix_ : prefix_ + seen;
       Tensor positions = mask.cumsum(-1) - 1;
-      in.position_ids = positions.masked_fill(mask.eq(0), 1).slice(1, prefix_ + seen);
+      in.position_ids = positions.masked_fill(mask.eq(0), 1).slice(1, first);
     }
   }
   in.cache = use_cache_ ? &cache_ : nullptr;
@@ -234,9 +250,12 @@ generation::GenerateOutput generate(AdapterModelImpl& model, const Tensor& input
   } else if (const auto& setup = model.active_setup()) {
     check_setup_can_generate(*setup, setup->to_string());
     for (const auto& name : setup->flatten()) {
-      if (model.has_adapter(name) && model.adapter_config(name).method == "prompt_tuning") {
-        throw NotSupported(str("generate: adapter '", name, "' is a prompt-tuning adapter; generating with soft prompts ",
-                               "(their positions before the cache) is not supported yet"));
+      if (model.has_adapter(name) && model.adapter_config(name).method == "prompt_tuning" &&
+          input_prompt_length(model, &*setup) == 0) {
+        throw NotSupported(str("generate: adapter '", name, "' is a prompt-tuning adapter joined after the embeddings ",
+                               "(combine \"", model.adapter_config(name).values.value("combine", ""), "\"); generating ",
+                               "with it is not supported"),
+                           "PEFT's placement (combine \"input\") generates");
       }
     }
     channels = composition::parallel_channels(*setup);

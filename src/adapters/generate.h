@@ -14,6 +14,9 @@
 
 namespace adapters {
 
+// The soft prompt's length of PEFT prompt tuning (combine "input") when `setup` starts with one, else 0.
+std::int64_t input_prompt_length(const AdapterModelImpl& model, const Block* setup);
+
 // The defaults a model folder gives generation: config.json's token ids (bos, eos, pad,
 // decoder_start, forced_bos, forced_eos), then generation_config.json when present.
 generation::GenerationConfig load_generation_config(const fs::path& model_dir, const models::ModelConfig& config);
@@ -48,7 +51,9 @@ class ModelStepper : public generation::StepModel {
   bool encoder_decoder_;
   bool positions_from_mask_;
   nn::KVCache cache_;
-  std::int64_t prefix_ = 0;  // a PEFT prefix's tokens in front of the cache
+  std::int64_t past_prefix_ = 0;   // PEFT prefix tuning's tokens in front of the cache
+  std::int64_t input_prompt_ = 0;  // PEFT prompt tuning's soft tokens (decoder-only: in the cache)
+  std::int64_t prefix_ = 0;        // the cache's tokens before the sequences' own
   torch::Tensor encoder_states_, encoder_mask_;
   std::vector<std::string> row_adapters_;
   Block row_setup_;

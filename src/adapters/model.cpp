@@ -82,10 +82,13 @@ ModelInputs prepare_inputs(const ModelInputs& in, const torch::Device& device) {
 // Prompt tuning joined at the input (combine "input", PEFT's placement): the setup's first adapter's
 // soft tokens go before the word embeddings of input_ids, passed on as inputs_embeds, so that the
 // model's own embedding layer (positions, token types, norms, Gemma's scale) covers them; the
-// attention mask grows by P attended positions, token types by P zeros. Encoder-decoder models take
-// them on the encoder side. Only for a forward without past tokens (generation refuses them).
+// attention mask grows by P attended positions (unless it covers them already, as generation's
+// does), token types by P zeros. Encoder-decoder models take them on the encoder side. A forward that
+// continues a cache (or gets the encoder's states) finds the prompt there already.
 ModelInputs with_input_prompt(const ModelInputs& in, const Block* setup, const AdapterModelImpl& model) {
-  if (setup == nullptr) return in;
+  if (setup == nullptr || in.encoder_hidden_states.defined()) return in;
+  const bool encoder_decoder = model.arch().kind == models::ArchKind::EncoderDecoder;
+  if (!encoder_decoder && in.cache != nullptr && in.cache->length() > 0) return in;
   const std::string first = setup->first();
   if (!model.has_adapter(first)) return in;
   const methods::AdapterConfig& config = model.adapter_config(first);
@@ -97,17 +100,20 @@ ModelInputs with_input_prompt(const ModelInputs& in, const Block* setup, const A
     if (k.size() >= key.size() && k.compare(k.size() - key.size(), key.size(), key) == 0) prompt = item.value();
   }
   ADAPTERS_CHECK(prompt.defined(), "prompt tuning '", first, "': no soft prompt in the model");
-  ADAPTERS_CHECK(in.cache == nullptr || in.cache->length() == 0, "prompt tuning '", first,
-                 "' (combine \"input\") joins the first forward only; continuing a cache with it is not supported");
   ADAPTERS_CHECK(in.input_ids.defined() || in.inputs_embeds.defined(), "prompt tuning '", first,
                  "' needs input_ids or inputs_embeds");
   const Tensor embeds = in.inputs_embeds.defined() ? in.inputs_embeds : model.base().input_embeddings(in.input_ids);
   const std::int64_t B = embeds.size(0), P = prompt.size(0);
+  const std::int64_t T = embeds.size(1);
   ModelInputs out = in;
   out.input_ids = Tensor();
-  out.position_ids = Tensor();
+  // Positions given for the prompt and the tokens (generation's) stay; the tokens' alone are dropped
+  // (the model counts from the prompt's first token).
+  if (!(in.position_ids.defined() && in.position_ids.size(1) == P + T)) out.position_ids = Tensor();
   out.inputs_embeds = torch::cat({prompt.unsqueeze(0).expand({B, P, prompt.size(1)}).to(embeds.dtype()), embeds}, 1);
-  if (in.attention_mask.defined()) out.attention_mask = torch::cat({torch::ones({B, P}, in.attention_mask.options()), in.attention_mask}, 1);
+  if (in.attention_mask.defined() && in.attention_mask.size(1) == T) {
+    out.attention_mask = torch::cat({torch::ones({B, P}, in.attention_mask.options()), in.attention_mask}, 1);
+  }
   if (in.token_type_ids.defined()) out.token_type_ids = torch::cat({torch::zeros({B, P}, in.token_type_ids.options()), in.token_type_ids}, 1);
   return out;
 }
