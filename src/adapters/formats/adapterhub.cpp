@@ -3,10 +3,8 @@
 // a failed save leaves no half-written folder and no half-written file behind.
 #include <torch/torch.h>
 
-#include <atomic>
-#include <unistd.h>
-
 #include "adapters/core/log.h"
+#include "adapters/formats/folder.h"
 #include "adapters/formats/keys.h"
 #include "adapters/formats/peft.h"
 #include "adapters/methods/registry.h"
@@ -29,43 +27,6 @@ constexpr const char* kFusionBinFile = "pytorch_model_adapter_fusion.bin";
 constexpr const char* kSetupFile = "adapter_setup.json";
 constexpr const char* kFormatVersion = "3.2.1";  // the reference version whose format we write
 
-std::string unique_suffix() {
-  static std::atomic<int> counter{0};
-  return str(".tmp-", ::getpid(), "-", counter++);
-}
-
-// Writes `files` (name -> writer) into `dir` so that either all of them land or none does.
-void write_folder_atomic(const fs::path& dir, const std::vector<std::pair<std::string, std::function<void(const fs::path&)>>>& files) {
-  if (!fs::exists(dir)) {
-    // Build the whole folder beside its final place, then rename it into place.
-    const fs::path staging = dir.string() + unique_suffix();
-    try {
-      fs::create_directories(staging);
-      for (const auto& [name, write] : files) write(staging / name);
-      fs::rename(staging, dir);
-    } catch (...) {
-      io::remove_tree(staging);
-      throw;
-    }
-    return;
-  }
-  // The folder exists: write every file under a temporary name first, then rename them all.
-  ADAPTERS_CHECK(fs::is_directory(dir), dir.string(), ": exists and is not a folder");
-  std::vector<std::pair<fs::path, fs::path>> staged;
-  try {
-    for (const auto& [name, write] : files) {
-      fs::path tmp = dir / (name + unique_suffix());
-      staged.emplace_back(tmp, dir / name);
-      write(tmp);
-    }
-  } catch (...) {
-    std::error_code ignored;
-    for (const auto& [tmp, final_path] : staged) fs::remove(tmp, ignored);
-    throw;
-  }
-  for (const auto& [tmp, final_path] : staged) fs::rename(tmp, final_path);
-}
-
 json read_json_file(const fs::path& path) {
   ADAPTERS_CHECK(fs::exists(path), path.string(), ": file not found");
   return parse_json_file_text(io::read_text_file(path), path.string());
@@ -80,7 +41,7 @@ fs::path choose_weights(const fs::path& dir, WeightsPreference preference, const
   return has_st ? st : bin;
 }
 
-using FileWriters = std::vector<std::pair<std::string, std::function<void(const fs::path&)>>>;
+using FileWriters = std::vector<formats::FolderFile>;
 
 // The common part of the reference's *_config.json files.
 json file_header(const AdapterModelImpl& model, const std::string& name, json config) {
@@ -165,7 +126,7 @@ void AdapterModelImpl::save_adapter(const fs::path& dir, const std::string& name
   io::Metadata metadata = {{"format", "pt"}};
   if (!aliases.empty()) metadata["aliases"] = aliases.dump();
 
-  std::vector<std::pair<std::string, std::function<void(const fs::path&)>>> files = {
+  FileWriters files = {
       {kConfigFile, [&](const fs::path& p) { io::write_file_atomic(p, file.dump(2)); }},
       {kSafetensorsFile, [&](const fs::path& p) { io::write_safetensors(p, tensors, metadata); }},
   };
@@ -176,7 +137,7 @@ void AdapterModelImpl::save_adapter(const fs::path& dir, const std::string& name
   if (head) {
     for (auto& f : head_files(*this, name, head_file, head_tensors)) files.push_back(std::move(f));
   }
-  write_folder_atomic(dir, files);
+  formats::write_folder_atomically(dir, files);
   if (head) remove_outdated(dir, kHeadBinFile);
   // A .bin from an earlier save would now disagree with the safetensors: remove it.
   std::error_code ignored;
@@ -262,7 +223,7 @@ std::map<std::string, std::string> AdapterModelImpl::reference_parameter_names()
 void AdapterModelImpl::save_head(const fs::path& dir, const std::string& name) const {
   json file;
   io::TensorMap tensors;
-  write_folder_atomic(dir, head_files(*this, name, file, tensors));
+  formats::write_folder_atomically(dir, head_files(*this, name, file, tensors));
   remove_outdated(dir, kHeadBinFile);
 }
 
@@ -298,7 +259,7 @@ void AdapterModelImpl::save_adapter_fusion(const fs::path& dir, const std::strin
   const json file = file_header(*this, name, adapter_fusion_config(name).to_json());
   io::TensorMap tensors;
   for (const auto& [key, t] : adapter_fusion_state_dict(name)) tensors[key] = t.detach();
-  write_folder_atomic(dir, {{kFusionConfigFile, [&](const fs::path& p) { io::write_file_atomic(p, file.dump(2)); }},
+  formats::write_folder_atomically(dir, {{kFusionConfigFile, [&](const fs::path& p) { io::write_file_atomic(p, file.dump(2)); }},
                             {kFusionSafetensorsFile, [&](const fs::path& p) {
                                io::write_safetensors(p, tensors, io::Metadata{{"format", "pt"}});
                              }}});
