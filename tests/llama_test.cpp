@@ -19,7 +19,7 @@ json tiny_config(const std::string& model_type) {
 }
 
 TEST(LlamaStyle, EveryTableRowIsARegisteredArchitecture) {
-  for (const char* type : {"llama", "mistral", "qwen2", "gemma"}) {
+  for (const char* type : {"llama", "mistral", "qwen2", "gemma", "ministral"}) {
     const models::ArchSpec& spec = models::arch_spec(type);
     EXPECT_EQ(spec.base_prefix, "model") << type;
     EXPECT_EQ(spec.kind, models::ArchKind::Decoder) << type;
@@ -125,6 +125,32 @@ TEST(SlidingWindow, ATokenSeesOnlyItsWindow) {
   EXPECT_EQ(moved[0].item<double>(), 0.0);
   for (int t = 1; t <= 3; ++t) EXPECT_GT(moved[t].item<double>(), 0.0) << t;
   for (int t = 4; t < 7; ++t) EXPECT_EQ(moved[t].item<double>(), 0.0) << t;
+}
+
+// Ministral, the fifth Llama-style model_type, is one row of the style table: Qwen2's layers
+// without q/k/v biases, the window on the layers layer_types marks, or on every layer when a
+// config has no layer_types. Token 1 changed in a window of 2 reaches token 2 but not token 4
+// through a windowed layer, and every later token through a full one.
+TEST(LlamaStyle, MinistralIsATableRow) {
+  auto reach = [](const json& extra) {
+    json c = tiny_config("ministral");
+    c["num_hidden_layers"] = 1;
+    c["sliding_window"] = 2;
+    c.update(extra);
+    torch::manual_seed(5);
+    AdapterModel model(models::parse_model_config(c, "ministral"));
+    model->eval();
+    EXPECT_EQ(model->base().named_parameters().find("layers.0.self_attn.q_proj.bias"), nullptr);
+    models::ModelInputs in;
+    in.input_ids = torch::tensor({{5, 6, 7, 8, 9, 10}}, torch::kLong);
+    const torch::Tensor before = hidden(model, in);
+    in.input_ids[0][1] = 50;
+    return (hidden(model, in) - before).abs().amax(-1)[0][4].item<double>();  // token 4
+  };
+  EXPECT_EQ(reach(json::object()), 0.0);                                         // every layer windowed
+  EXPECT_EQ(reach({{"layer_types", {"sliding_attention"}}}), 0.0);              // as marked
+  EXPECT_GT(reach({{"layer_types", {"full_attention"}}}), 0.0);                  // as marked
+  EXPECT_GT(reach({{"sliding_window", nullptr}}), 0.0);                          // no window at all
 }
 
 // The window holds through the cache: greedy decoding with it gives the tokens of recomputing.

@@ -1,11 +1,14 @@
 // One adapter per batch row: every row of a mixed batch (two adapters and rows without one, in
 // mixed order) equals running that row alone with its adapter, for every method family (the LoRA
 // family, bottleneck adapters with their own pre/post-processing, Compacter, invertible adapters,
-// AdapterHub prefix and prompt tuning with different lengths per row, ReFT, unions, two methods
-// mixed) on an encoder, a decoder and an encoder-decoder, and the gradients of a mixed batch equal
-// each adapter's gradients on its own rows; PEFT's position-moving methods are refused; bad rows
-// are errors.
+// AdapterHub prefix and prompt tuning with different lengths per row, PEFT's prefix tuning (past
+// key/values) and prompt tuning (joined at the input) with different lengths per row, ReFT, unions,
+// two methods mixed) on encoders, decoders and encoder-decoders, and the gradients of a mixed batch
+// equal each adapter's gradients on its own rows; generate() per row equals generating each prompt
+// alone; bad rows are errors.
 #include <gtest/gtest.h>
+
+#include <fstream>
 
 #include "adapters/generate.h"
 #include "adapters/per_row.h"
@@ -16,6 +19,9 @@ namespace {
 
 struct Case {
   std::string arch, method_a, method_b;
+  // The rows' soft tokens are filled on the left (PEFT prompts in decoder-only models): a row's own
+  // columns are the last ones of the mixed output, not the first.
+  bool filled_on_left = false;
 };
 
 void PrintTo(const Case& c, std::ostream* os) { *os << c.arch << " " << c.method_a << " / " << c.method_b; }
@@ -33,12 +39,14 @@ class PerRow : public ::testing::TestWithParam<Case> {
     in = tiny_inputs();
     in.input_ids = torch::cat({in.input_ids, in.input_ids.flip(1), in.input_ids.roll(3, 1)}, 0);  // (6,8)
     in.attention_mask = torch::cat({in.attention_mask, torch::ones({4, 8}, torch::kLong)}, 0);
+    if (model->arch().kind == models::ArchKind::EncoderDecoder) in.decoder_input_ids = in.input_ids.roll(1, 1);
   }
   // Row r of `in` alone, with `adapter` ("" = none).
   torch::Tensor alone(std::int64_t r, const std::string& adapter) {
     models::ModelInputs one;
     one.input_ids = in.input_ids.narrow(0, r, 1);
     one.attention_mask = in.attention_mask.narrow(0, r, 1);
+    if (in.decoder_input_ids.defined()) one.decoder_input_ids = in.decoder_input_ids.narrow(0, r, 1);
     const Block setup = Block::adapter(adapter);
     ForwardOptions options;
     if (!adapter.empty()) options.setup = &setup;
@@ -57,11 +65,12 @@ class PerRow : public ::testing::TestWithParam<Case> {
   const std::vector<std::string> rows = {"b", kNoAdapter, "a", "a", kNoAdapter, "b"};
 };
 
-// Row r of the mixed output against the row alone: prompts make rows longer (shorter ones are
-// padded at the end), so the row's own positions come first.
-torch::Tensor own_positions(const torch::Tensor& mixed, std::int64_t r, const torch::Tensor& alone_row) {
-  EXPECT_GE(mixed.size(1), alone_row.size(1)) << "row " << r;
-  return mixed.narrow(0, r, 1).narrow(1, 0, alone_row.size(1));
+// Row r of the mixed output at the columns of the row alone (`length` of them): prompts make rows
+// longer, and shorter ones are filled at the end (the row's own columns come first) or, for PEFT
+// prompts in decoder-only models, at the start (they come last).
+torch::Tensor own_columns(const torch::Tensor& mixed, std::int64_t r, std::int64_t length, bool filled_on_left) {
+  EXPECT_GE(mixed.size(1), length) << "row " << r;
+  return mixed.narrow(0, r, 1).narrow(1, filled_on_left ? mixed.size(1) - length : 0, length);
 }
 
 TEST_P(PerRow, EachRowEqualsTheRowAloneWithItsAdapter) {
@@ -71,7 +80,7 @@ TEST_P(PerRow, EachRowEqualsTheRowAloneWithItsAdapter) {
   for (std::int64_t r = 0; r < 6; ++r) {
     const std::string& name = rows[static_cast<std::size_t>(r)];
     const torch::Tensor expected = alone(r, name == kNoAdapter ? "" : name);
-    const torch::Tensor got = own_positions(mixed, r, expected);
+    const torch::Tensor got = own_columns(mixed, r, expected.size(1), GetParam().filled_on_left);
     // Real positions only: padded tokens attend to nothing meaningful in either run.
     const torch::Tensor real = padding_of(r, expected.size(1));
     EXPECT_LT(((got - expected).abs() * real).max().item<double>(), 1e-5) << "row " << r << " (" << name << ")";
@@ -92,7 +101,7 @@ TEST_P(PerRow, GradientsEqualEachAdapterOnItsRows) {
   const torch::Tensor mixed = forward_per_row(*model, in, rows).last_hidden_state;
   torch::Tensor loss = torch::zeros({});
   for (std::int64_t r = 0; r < 6; ++r) {
-    loss = loss + (mixed.narrow(0, r, 1).narrow(1, 0, lengths[static_cast<std::size_t>(r)]) *
+    loss = loss + (own_columns(mixed, r, lengths[static_cast<std::size_t>(r)], GetParam().filled_on_left) *
                    padding_of(r, lengths[static_cast<std::size_t>(r)]))
                       .pow(2)
                       .sum();
@@ -140,6 +149,17 @@ std::vector<Case> cases() {
   out.push_back({"bert", "compacter[reduction_factor=8]", "seq_bn_inv"});
   out.push_back({"bert", "prompt_tuning[prompt_length=3]", "prompt_tuning[prompt_length=5]"});
   out.push_back({"bert", "unipelt", short_prefix});
+  // PEFT: prefixes in the key/value cache and prompts at the input, of two lengths, and both mixed.
+  const std::string past_short = "prefix_tuning_flat[placement=past,prefix_length=2]";
+  const std::string past_long = "prefix_tuning_flat[placement=past,prefix_length=5]";
+  const std::string input_short = "prompt_tuning[combine=input,prompt_length=2]";
+  const std::string input_long = "prompt_tuning[combine=input,prompt_length=4]";
+  for (const char* arch : {"bert", "roberta", "gpt2", "llama", "t5", "bart"}) {
+    const bool decoder_only = std::string(arch) == "gpt2" || std::string(arch) == "llama";
+    out.push_back({arch, past_short, past_long});
+    out.push_back({arch, input_short, input_long, decoder_only});
+    out.push_back({arch, past_long, input_short, decoder_only});
+  }
   return out;
 }
 
@@ -148,19 +168,22 @@ INSTANTIATE_TEST_SUITE_P(Methods, PerRow, ::testing::ValuesIn(cases()), [](const
   return n;
 });
 
-// PEFT's prefix tuning (past key/values) and prompt tuning (joined at the input) move every
-// position of their rows: refused, naming the row, instead of approximated.
-TEST(PerRowErrors, PositionMovingPeftMethodsAreRefused) {
-  AdapterModel model = load_pretrained(model_dir("bert"));
-  model->add_adapter("a", "prompt_tuning[combine=input]");
-  model->add_adapter("b", "lora");
-  try {
-    forward_per_row(*model, tiny_inputs(), {"b", "a"});
-    FAIL() << "expected NotSupported";
-  } catch (const NotSupported& e) {
-    EXPECT_NE(std::string(e.what()).find("adapter_per_row[1]: adapter 'a' is PEFT's prompt tuning"), std::string::npos)
-        << e.what();
-  }
+// A sliding window counts columns: PEFT prefix rows beside PEFT prompt rows of other lengths would
+// put filler between a row's prefix and its tokens, so Mistral refuses that mix instead of
+// stretching the window.
+TEST(PerRowErrors, SlidingWindowRefusesFillerBetweenAPrefixAndItsTokens) {
+  json config = json::parse(std::ifstream(model_dir("mistral") / "config.json"));
+  config["sliding_window"] = 4;
+  AdapterModel model(models::parse_model_config(config, "config.json"));
+  model->add_adapter("past", "prefix_tuning_flat[placement=past,prefix_length=3]");
+  model->add_adapter("prompt", "prompt_tuning[combine=input,prompt_length=2]");
+  const std::string error = error_of([&] { forward_per_row(*model, tiny_inputs(), {"past", "prompt"}); });
+  EXPECT_NE(error.find("sliding-window model cannot run rows of PEFT prefix tuning and rows of PEFT prompt tuning"),
+            std::string::npos)
+      << error;
+  // Either kind alone fills only on the left: allowed.
+  EXPECT_NO_THROW(forward_per_row(*model, tiny_inputs(), {"past", kNoAdapter}));
+  EXPECT_NO_THROW(forward_per_row(*model, tiny_inputs(), {"prompt", kNoAdapter}));
 }
 
 TEST(PerRowErrors, WrongLengthAndUnknownAdaptersAreNamed) {
@@ -173,23 +196,31 @@ TEST(PerRowErrors, WrongLengthAndUnknownAdaptersAreNamed) {
 }
 
 // generate() with one adapter per prompt gives each prompt the tokens (and scores) of generating it
-// alone with its adapter: greedy and beam search, prefill and every cached step, on a decoder-only
-// and an encoder-decoder model, with bottleneck adapters, prefixes of two lengths and LoRA.
+// alone with its adapter: greedy and beam search, prefill and every cached step, on decoder-only
+// and encoder-decoder models, with bottleneck adapters, AdapterHub prefixes of two lengths and
+// LoRA, or with PEFT prefixes of two lengths, a PEFT prompt and LoRA.
 struct GenerationCase {
   std::string arch;
   int beams;
+  bool peft = false;
 };
 
 class PerRowGeneration : public ::testing::TestWithParam<GenerationCase> {};
 
 TEST_P(PerRowGeneration, EachPromptGetsTheTokensOfGeneratingItAlone) {
   const auto& p = GetParam();
-  const bool seq2seq = p.arch == "t5";
+  const bool seq2seq = p.arch == "t5" || p.arch == "bart";
   AdapterModel model = load_pretrained(model_dir(p.arch));
   torch::manual_seed(11);
-  const std::vector<std::pair<std::string, std::string>> adapters = {
-      {"bn", "seq_bn"}, {"short", "prefix_tuning[prefix_length=2,bottleneck_size=16]"},
-      {"long", "prefix_tuning_flat[prefix_length=4]"}, {"lo", "lora[r=4,attn_matrices=['q','k','v','o']]"}};
+  const std::vector<std::pair<std::string, std::string>> adapters =
+      p.peft ? std::vector<std::pair<std::string, std::string>>{
+                   {"bn", "prompt_tuning[combine=input,prompt_length=3]"},
+                   {"short", "prefix_tuning_flat[placement=past,prefix_length=2]"},
+                   {"long", "prefix_tuning_flat[placement=past,prefix_length=4]"},
+                   {"lo", "lora[r=4,attn_matrices=['q','k','v','o']]"}}
+             : std::vector<std::pair<std::string, std::string>>{
+                   {"bn", "seq_bn"}, {"short", "prefix_tuning[prefix_length=2,bottleneck_size=16]"},
+                   {"long", "prefix_tuning_flat[prefix_length=4]"}, {"lo", "lora[r=4,attn_matrices=['q','k','v','o']]"}};
   for (const auto& [name, method] : adapters) {
     model->add_adapter(name, method);
     randomize_adapter(model, name, 0.2);
@@ -233,8 +264,12 @@ TEST_P(PerRowGeneration, EachPromptGetsTheTokensOfGeneratingItAlone) {
 
 INSTANTIATE_TEST_SUITE_P(Archs, PerRowGeneration,
                          ::testing::Values(GenerationCase{"gpt2", 1}, GenerationCase{"llama", 1}, GenerationCase{"t5", 1},
-                                           GenerationCase{"llama", 2}, GenerationCase{"t5", 2}),
-                         [](const auto& info) { return info.param.arch + "_beams" + std::to_string(info.param.beams); });
+                                           GenerationCase{"llama", 2}, GenerationCase{"t5", 2},
+                                           GenerationCase{"gpt2", 1, true}, GenerationCase{"llama", 2, true},
+                                           GenerationCase{"t5", 1, true}, GenerationCase{"bart", 2, true}),
+                         [](const auto& info) {
+                           return info.param.arch + "_beams" + std::to_string(info.param.beams) + (info.param.peft ? "_peft" : "");
+                         });
 
 }  // namespace
 }  // namespace adapters::test

@@ -55,21 +55,26 @@ std::int64_t config_token(const models::ModelConfig& c, const char* key) {
 }  // namespace
 
 std::int64_t input_prompt_length(const AdapterModelImpl& model, const Block* setup) {
-  if (setup == nullptr || !model.has_adapter(setup->first())) return 0;
-  const methods::AdapterConfig& config = model.adapter_config(setup->first());
-  if (config.method != "prompt_tuning" || config.values.value("combine", std::string()) != "input") return 0;
-  return config.values.at("prompt_length").get<std::int64_t>();
+  return soft_tokens(model, setup, 0).prompt;
 }
 
 ModelStepper::ModelStepper(AdapterModelImpl& model, std::int64_t channels, bool use_cache, std::int64_t max_length)
     : model_(model), channels_(channels), use_cache_(use_cache),
       encoder_decoder_(model.arch().kind == models::ArchKind::EncoderDecoder),
-      positions_from_mask_(model.arch().generation_positions_from_mask) {
-  const Block* setup = model.active_setup() ? &*model.active_setup() : nullptr;
-  past_prefix_ = methods::past_prefix_length(model.base(), setup);
-  input_prompt_ = input_prompt_length(model, setup);
+      positions_from_mask_(model.arch().generation_positions_from_mask), max_length_(max_length) {
+  set_soft_tokens(soft_tokens(model, model.active_setup() ? &*model.active_setup() : nullptr, 0));
+}
+
+void ModelStepper::set_soft_tokens(const SoftTokens& soft) {
+  past_prefix_ = soft.past;
+  input_prompt_ = soft.prompt;
   prefix_ = past_prefix_ + (encoder_decoder_ ? 0 : input_prompt_);  // the encoder holds a seq2seq model's prompt
-  cache_.reserve(prefix_ + max_length);  // one allocation per layer: steps copy only their new tokens
+  cache_.reserve(prefix_ + max_length_);  // one allocation per layer: steps copy only their new tokens
+}
+
+SoftTokens ModelStepper::step_soft_tokens(std::int64_t rows) const {
+  if (!row_adapters_.empty()) return soft_tokens(model_, &row_setup_, rows);
+  return soft_tokens(model_, model_.active_setup() ? &*model_.active_setup() : nullptr, rows);
 }
 
 void ModelStepper::encode(const Tensor& input_ids, const Tensor& attention_mask, std::int64_t decoder_start) {
@@ -82,8 +87,8 @@ void ModelStepper::encode(const Tensor& input_ids, const Tensor& attention_mask,
   const ModelOutput out = model_.forward(in, options);
   encoder_states_ = out.encoder_last_hidden_state;
   Tensor mask = attention_mask;
-  if (mask.defined() && input_prompt_ > 0) {  // the encoder's states begin with the soft prompt
-    mask = torch::cat({torch::ones({mask.size(0), input_prompt_}, mask.options()), mask}, 1);
+  if (mask.defined() && input_prompt_ > 0) {  // the encoder's states hold each row's soft prompt
+    mask = step_soft_tokens(mask.size(0)).join_prompt_mask(mask, mask.size(0), mask.size(1), mask.device());
   }
   encoder_mask_ = mask.defined() ? mask.repeat({channels_, 1}) : Tensor();
 }
@@ -98,10 +103,14 @@ Tensor ModelStepper::next_logits(const Tensor& sequences, const Tensor& attentio
     in.decoder_input_ids = sequences.slice(1, seen);
   } else {
     in.input_ids = sequences.slice(1, seen);
-    // PEFT's prepare_inputs_for_generation: the prefix's positions are attended and counted.
-    const Tensor mask = prefix_ > 0 && attention_mask.defined()
-                            ? torch::cat({torch::ones({attention_mask.size(0), prefix_}, attention_mask.options()), attention_mask}, 1)
-                            : attention_mask;
+    // PEFT's prepare_inputs_for_generation: the prefix's positions are attended and counted (a
+    // row's filler, when its prefix or prompt is shorter than another row's, neither).
+    if (prefix_ > 0 && attention_mask.defined() && !prefix_mask_.defined()) {
+      const SoftTokens soft = step_soft_tokens(attention_mask.size(0));
+      const auto device = attention_mask.device();
+      prefix_mask_ = (1 - torch::cat({soft.past_filler(device), soft.prompt_filler(device)}, 1)).to(attention_mask.scalar_type());
+    }
+    const Tensor mask = prefix_ > 0 && attention_mask.defined() ? torch::cat({prefix_mask_, attention_mask}, 1) : attention_mask;
     in.attention_mask = mask;
     if (positions_from_mask_ && mask.defined()) {
       // HF's prepare_inputs_for_generation: positions count the real tokens of each row.
@@ -133,6 +142,7 @@ void ModelStepper::select_rows(const Tensor& rows) {
   };
   take(encoder_states_);
   take(encoder_mask_);
+  take(prefix_mask_);
   cache_.select_rows(index);
   if (!row_adapters_.empty()) {
     std::vector<std::string> names;
@@ -148,6 +158,7 @@ void ModelStepper::set_row_adapters(std::vector<std::string> adapter_per_row) {
   ADAPTERS_CHECK(groups.identity, "generate: decoding rows lost their grouping by adapter (internal error)");
   row_adapters_ = std::move(adapter_per_row);
   row_setup_ = std::move(groups.setup);
+  set_soft_tokens(soft_tokens(model_, &row_setup_, static_cast<std::int64_t>(row_adapters_.size())));
 }
 
 ForwardOptions ModelStepper::step_options() {
@@ -237,9 +248,13 @@ generation::GenerateOutput generate(AdapterModelImpl& model, const Tensor& input
   if (!adapter_per_row.empty()) {
     check_adapter_per_row(model, adapter_per_row, input_ids.size(0));
     for (const auto& name : adapter_per_row) {
-      if (name != kNoAdapter && model.adapter_config(name).method == "prompt_tuning") {
-        throw NotSupported(str("generate: adapter '", name, "' is a prompt-tuning adapter; generating with soft prompts ",
-                               "(their positions before the cache) is not supported yet"));
+      const Block single = Block::adapter(name);
+      if (name != kNoAdapter && model.adapter_config(name).method == "prompt_tuning" &&
+          input_prompt_length(model, &single) == 0) {
+        throw NotSupported(str("generate: adapter '", name, "' is a prompt-tuning adapter joined after the embeddings ",
+                               "(combine \"", model.adapter_config(name).values.value("combine", ""), "\"); generating ",
+                               "with it is not supported"),
+                           "PEFT's placement (combine \"input\") generates");
       }
     }
     grouped.emplace();

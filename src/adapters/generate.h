@@ -11,6 +11,7 @@
 #include "adapters/generation/config.h"
 #include "adapters/generation/decode.h"
 #include "adapters/model.h"
+#include "adapters/per_row.h"
 
 namespace adapters {
 
@@ -44,6 +45,9 @@ class ModelStepper : public generation::StepModel {
  private:
   // The forward options of a step: the row groups' BatchSplit when rows have adapters of their own.
   ForwardOptions step_options();
+  // The soft tokens of the steps' setup over `rows` rows, and the lengths they put before the tokens.
+  SoftTokens step_soft_tokens(std::int64_t rows) const;
+  void set_soft_tokens(const SoftTokens& soft);
 
   AdapterModelImpl& model_;
   std::int64_t channels_;
@@ -54,6 +58,8 @@ class ModelStepper : public generation::StepModel {
   std::int64_t past_prefix_ = 0;   // PEFT prefix tuning's tokens in front of the cache
   std::int64_t input_prompt_ = 0;  // PEFT prompt tuning's soft tokens (decoder-only: in the cache)
   std::int64_t prefix_ = 0;        // the cache's tokens before the sequences' own
+  std::int64_t max_length_ = 0;
+  torch::Tensor prefix_mask_;      // (N,prefix_) 1 = an attended prefix column, 0 = a row's filler
   torch::Tensor encoder_states_, encoder_mask_;
   std::vector<std::string> row_adapters_;
   Block row_setup_;

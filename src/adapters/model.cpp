@@ -79,71 +79,88 @@ ModelInputs prepare_inputs(const ModelInputs& in, const torch::Device& device) {
   return out;
 }
 
-// Prompt tuning joined at the input (combine "input", PEFT's placement): the setup's first adapter's
-// soft tokens go before the word embeddings of input_ids, passed on as inputs_embeds, so that the
-// model's own embedding layer (positions, token types, norms, Gemma's scale) covers them; the
-// attention mask grows by P attended positions (unless it covers them already, as generation's
-// does), token types by P zeros. Encoder-decoder models take them on the encoder side. A forward that
-// continues a cache (or gets the encoder's states) finds the prompt there already.
-ModelInputs with_input_prompt(const ModelInputs& in, const Block* setup, const AdapterModelImpl& model) {
-  if (setup == nullptr || in.encoder_hidden_states.defined()) return in;
-  const bool encoder_decoder = model.arch().kind == models::ArchKind::EncoderDecoder;
-  if (!encoder_decoder && in.cache != nullptr && in.cache->length() > 0) return in;
-  const std::string first = setup->first();
-  if (!model.has_adapter(first)) return in;
-  const methods::AdapterConfig& config = model.adapter_config(first);
-  if (config.method != "prompt_tuning" || config.values.value("combine", std::string()) != "input") return in;
-  const std::string key = str("prompt_tunings.", first, ".prompt_embedding.weight");
-  Tensor prompt;
+// The soft prompt (P,E) of a prompt-tuning adapter.
+Tensor prompt_embedding(const AdapterModelImpl& model, const std::string& adapter) {
+  const std::string key = str("prompt_tunings.", adapter, ".prompt_embedding.weight");
   for (const auto& item : model.base().named_parameters()) {
     const std::string& k = item.key();
-    if (k.size() >= key.size() && k.compare(k.size() - key.size(), key.size(), key) == 0) prompt = item.value();
+    if (k.size() >= key.size() && k.compare(k.size() - key.size(), key.size(), key) == 0) return item.value();
   }
-  ADAPTERS_CHECK(prompt.defined(), "prompt tuning '", first, "': no soft prompt in the model");
-  ADAPTERS_CHECK(in.input_ids.defined() || in.inputs_embeds.defined(), "prompt tuning '", first,
+  throw Error(str("prompt tuning '", adapter, "': no soft prompt in the model"));
+}
+
+// Prompt tuning joined at the input (combine "input", PEFT's placement): each row group's soft
+// tokens go before the word embeddings of input_ids, passed on as inputs_embeds, so that the model's
+// own embedding layer (positions, token types, norms, Gemma's scale) covers them; the attention
+// mask grows by the prompt's attended columns (unless it covers them already, as generation's does),
+// token types by zeros. Rows with shorter prompts are filled as SoftTokens says. Encoder-decoder
+// models take them on the encoder side. A forward that continues a cache (or gets the encoder's
+// states) finds the prompt there already.
+ModelInputs with_input_prompt(const ModelInputs& in, const SoftTokens& soft, const AdapterModelImpl& model) {
+  if (soft.prompt == 0 || in.encoder_hidden_states.defined()) return in;
+  const bool encoder_decoder = model.arch().kind == models::ArchKind::EncoderDecoder;
+  if (!encoder_decoder && in.cache != nullptr && in.cache->length() > 0) return in;
+  ADAPTERS_CHECK(in.input_ids.defined() || in.inputs_embeds.defined(), "prompt tuning '", soft.groups.front().prompt,
                  "' needs input_ids or inputs_embeds");
   const Tensor embeds = in.inputs_embeds.defined() ? in.inputs_embeds : model.base().input_embeddings(in.input_ids);
-  const std::int64_t B = embeds.size(0), P = prompt.size(0);
-  const std::int64_t T = embeds.size(1);
+  const std::int64_t B = embeds.size(0), T = embeds.size(1), P = soft.prompt;
+  std::vector<Tensor> rows, token_types;
+  std::int64_t begin = 0;
+  for (const auto& g : soft.groups) {
+    if (in.token_type_ids.defined()) {  // zeros for the prompt and the filler
+      const Tensor types = in.token_type_ids.slice(0, begin, begin + g.rows);
+      const Tensor before = torch::zeros({g.rows, soft.prompt_on_left ? P : g.prompt_length}, types.options());
+      token_types.push_back(torch::cat({before, types, torch::zeros({g.rows, P - before.size(1)}, types.options())}, 1));
+    }
+    const Tensor tokens = embeds.slice(0, begin, begin + g.rows);
+    const Tensor prompt = g.prompt.empty() ? embeds.new_zeros({g.rows, 0, embeds.size(2)})
+                                           : prompt_embedding(model, g.prompt).to(embeds.dtype()).unsqueeze(0).expand(
+                                                 {g.rows, g.prompt_length, embeds.size(2)});
+    const Tensor fill = embeds.new_zeros({g.rows, P - g.prompt_length, embeds.size(2)});
+    rows.push_back(torch::cat(soft.prompt_on_left ? std::vector<Tensor>{fill, prompt, tokens}
+                                                  : std::vector<Tensor>{prompt, tokens, fill},
+                              1));
+    begin += g.rows;
+  }
   ModelInputs out = in;
+  if (encoder_decoder && !in.decoder_input_ids.defined() && in.input_ids.defined()) {
+    // What the decoder would derive from the ids the prompt replaces (see EncoderDecoderModelImpl::run).
+    out.decoder_input_ids = dynamic_cast<const models::EncoderDecoderModelImpl&>(model.base()).shift_right(in.input_ids);
+  }
   out.input_ids = Tensor();
+  out.inputs_embeds = torch::cat(rows, 0);
+  const bool filled = soft.prompt_filled();
   // Positions given for the prompt and the tokens (generation's) stay; the tokens' alone are dropped
   // (the model counts from the prompt's first token).
   if (!(in.position_ids.defined() && in.position_ids.size(1) == P + T)) out.position_ids = Tensor();
-  out.inputs_embeds = torch::cat({prompt.unsqueeze(0).expand({B, P, prompt.size(1)}).to(embeds.dtype()), embeds}, 1);
-  if (in.attention_mask.defined() && in.attention_mask.size(1) == T) {
-    out.attention_mask = torch::cat({torch::ones({B, P}, in.attention_mask.options()), in.attention_mask}, 1);
+  if ((in.attention_mask.defined() && in.attention_mask.size(1) == T) || (!in.attention_mask.defined() && filled)) {
+    out.attention_mask = soft.join_prompt_mask(in.attention_mask, B, T, embeds.device());
   }
-  if (in.token_type_ids.defined()) out.token_type_ids = torch::cat({torch::zeros({B, P}, in.token_type_ids.options()), in.token_type_ids}, 1);
+  if (in.token_type_ids.defined()) out.token_type_ids = torch::cat(token_types, 0);
+  // Left filler shifts the positions back (the right filler of encoders comes after the tokens).
+  if (filled && soft.prompt_on_left) {
+    const Tensor filler = soft.prompt_filler(embeds.device());  // (B,P)
+    out.filler = torch::cat({filler, torch::zeros({B, T}, filler.options())}, 1);
+  }
   return out;
 }
 
-// PEFT's prefix tuning (prefix_tuning with placement "past"): the prefix fills the key/value cache
-// before the tokens, which then count their positions after it; the attention mask (the decoder's,
-// in encoder-decoder models) grows by P always-attended positions. The caller's cache when it is
-// empty (generation's first step; later steps find the prefix in it), else `local`.
-ModelInputs with_past_prefix(const ModelInputs& in, const Block* setup, AdapterModelImpl& model, nn::KVCache& local,
+// PEFT's prefix tuning (prefix_tuning with placement "past"): each row group's prefix fills the
+// key/value cache before the tokens, which then count their positions after it; the attention mask
+// (the decoder's, in encoder-decoder models) grows by the prefix columns, the shorter prefixes' left
+// filler masked out through KVCache::filler. The caller's cache when it is empty (generation's first
+// step; later steps find the prefix in it), else `local`.
+ModelInputs with_past_prefix(const ModelInputs& in, const SoftTokens& soft, AdapterModelImpl& model, nn::KVCache& local,
                              std::int64_t& prefilled) {
-  if (setup == nullptr) return in;
-  std::string prefix;
-  for (const auto& name : setup->flatten()) {
-    if (!model.has_adapter(name)) continue;
-    const methods::AdapterConfig& config = model.adapter_config(name);
-    if (config.method != "prefix_tuning" || config.values.value("placement", std::string()) != "past") continue;
-    if (!setup->is_adapter() && setup->type != composition::BlockType::Stack) {
-      throw NotSupported(str("prefix tuning '", name, "' (placement \"past\", PEFT's) runs alone or in a Stack, not in ",
-                             setup->to_string()));
-    }
-    ADAPTERS_CHECK(prefix.empty(), "the setup ", setup->to_string(), " holds two past prefixes ('", prefix, "', '", name,
-                   "'); one key/value cache holds one");
-    prefix = name;
-  }
-  if (prefix.empty() || (in.cache != nullptr && in.cache->length() > 0)) return in;
+  if (soft.past == 0 || (in.cache != nullptr && in.cache->length() > 0)) return in;
   ModelInputs out = in;
   if (out.cache == nullptr) out.cache = &local;
-  const std::int64_t B = model.base().batch_size(in);
-  const std::int64_t P = methods::prefill_past_prefix(model.base(), prefix, B, *out.cache);
-  prefilled = P;
+  std::vector<methods::PastPrefixRows> groups;
+  for (const auto& g : soft.groups) groups.push_back({g.past_prefix, g.rows});
+  methods::prefill_past_prefixes(model.base(), groups, soft.past, *out.cache);
+  prefilled = soft.past;
+  const std::int64_t B = model.base().batch_size(in), P = soft.past;
+  out.cache->filler = soft.past_filled() ? soft.past_filler(model.base().parameters().front().device()) : Tensor();
   // The mask of the tokens alone grows by the prefix; one that covers it already (generation's,
   // as PEFT's prepare_inputs_for_generation makes it) stays.
   const bool encoder_decoder = model.arch().kind == models::ArchKind::EncoderDecoder;
@@ -202,8 +219,9 @@ ModelOutput AdapterModelImpl::forward(const ModelInputs& raw_inputs, const Forwa
   ctx.output_fusion_attentions = options.output_fusion_attentions;
   nn::KVCache prefix_cache;  // PEFT's prefix tuning without a caller's cache
   std::int64_t prefilled = 0;
-  const ModelInputs model_inputs = with_past_prefix(with_input_prompt(with_decoder_inputs(inputs, options), ctx.setup, *this),
-                                                    ctx.setup, *this, prefix_cache, prefilled);
+  const SoftTokens soft = soft_tokens(*this, ctx.setup, base_->batch_size(inputs));
+  const ModelInputs model_inputs = with_past_prefix(with_input_prompt(with_decoder_inputs(inputs, options), soft, *this),
+                                                    soft, *this, prefix_cache, prefilled);
   models::BaseModelOutput base = base_->forward(model_inputs, ctx);
   if (prefilled > 0 && model_inputs.cache->length() == prefilled) {
     throw NotSupported(str(arch_->model_type, " does not read a key/value cache, so it cannot take a past prefix",

@@ -51,6 +51,109 @@ RowGroups group_rows(const std::vector<std::string>& names) {
   return r;
 }
 
+namespace {
+
+bool is_past_prefix(const methods::AdapterConfig& c) {
+  return c.method == "prefix_tuning" && c.values.value("placement", std::string()) == "past";
+}
+bool is_input_prompt(const methods::AdapterConfig& c) {
+  return c.method == "prompt_tuning" && c.values.value("combine", std::string()) == "input";
+}
+
+// One row group's soft tokens: the member's past prefix (adapter or Stack) and, when its first
+// adapter is an input prompt, that prompt.
+SoftTokens::Group soft_group(const AdapterModelImpl& model, const Block& member, std::int64_t rows, const Block& setup) {
+  SoftTokens::Group g;
+  g.rows = rows;
+  for (const auto& name : member.flatten()) {
+    if (!model.has_adapter(name) || !is_past_prefix(model.adapter_config(name))) continue;
+    if (!member.is_adapter() && member.type != composition::BlockType::Stack) {
+      throw NotSupported(str("prefix tuning '", name, "' (placement \"past\", PEFT's) runs alone, in a Stack or in a ",
+                             "BatchSplit of those, not in ", setup.to_string()));
+    }
+    ADAPTERS_CHECK(g.past_prefix.empty(), "the setup ", setup.to_string(), " holds two past prefixes ('", g.past_prefix,
+                   "', '", name, "') for the same rows; one key/value cache holds one");
+    g.past_prefix = name;
+    g.past = model.adapter_config(name).values.at("prefix_length").get<std::int64_t>();
+  }
+  const std::string first = member.first();
+  if (model.has_adapter(first) && is_input_prompt(model.adapter_config(first))) {
+    g.prompt = first;
+    g.prompt_length = model.adapter_config(first).values.at("prompt_length").get<std::int64_t>();
+  }
+  return g;
+}
+
+}  // namespace
+
+SoftTokens soft_tokens(const AdapterModelImpl& model, const Block* setup, std::int64_t batch) {
+  SoftTokens soft;
+  soft.prompt_on_left = model.arch().kind == models::ArchKind::Decoder;
+  if (setup == nullptr) return soft;
+  if (setup->type == composition::BlockType::BatchSplit) {
+    for (std::size_t i = 0; i < setup->children.size(); ++i) {
+      soft.groups.push_back(soft_group(model, setup->children[i], setup->batch_sizes.at(i), *setup));
+    }
+  } else {
+    soft.groups.push_back(soft_group(model, *setup, batch, *setup));
+  }
+  std::int64_t rows = 0;
+  for (const auto& g : soft.groups) {
+    soft.past = std::max(soft.past, g.past);
+    soft.prompt = std::max(soft.prompt, g.prompt_length);
+    rows += g.rows;
+  }
+  ADAPTERS_CHECK(rows == batch || batch == 0 || (soft.past == 0 && soft.prompt == 0), "the setup ", setup->to_string(),
+                 " splits ", rows, " rows, the batch has ", batch);
+  return soft;
+}
+
+bool SoftTokens::past_filled() const {
+  return std::any_of(groups.begin(), groups.end(), [&](const Group& g) { return g.past < past; });
+}
+
+bool SoftTokens::prompt_filled() const {
+  return std::any_of(groups.begin(), groups.end(), [&](const Group& g) { return g.prompt_length < prompt; });
+}
+
+Tensor SoftTokens::past_filler(const torch::Device& device) const {
+  std::vector<Tensor> rows;
+  for (const auto& g : groups) {
+    Tensor row = torch::cat({torch::ones({past - g.past}, torch::kLong), torch::zeros({g.past}, torch::kLong)});
+    rows.push_back(row.unsqueeze(0).expand({g.rows, past}));
+  }
+  return torch::cat(rows, 0).to(device);
+}
+
+Tensor SoftTokens::prompt_filler(const torch::Device& device) const {
+  std::vector<Tensor> rows;
+  for (const auto& g : groups) {
+    const Tensor fill = torch::ones({prompt - g.prompt_length}, torch::kLong);
+    const Tensor own = torch::zeros({g.prompt_length}, torch::kLong);
+    rows.push_back(torch::cat(prompt_on_left ? std::vector<Tensor>{fill, own} : std::vector<Tensor>{own, fill})
+                       .unsqueeze(0)
+                       .expand({g.rows, prompt}));
+  }
+  return torch::cat(rows, 0).to(device);
+}
+
+Tensor SoftTokens::join_prompt_mask(const Tensor& mask, std::int64_t batch, std::int64_t T, const torch::Device& device) const {
+  const Tensor tokens = mask.defined() ? mask : torch::ones({batch, T}, torch::TensorOptions().dtype(torch::kLong).device(device));
+  const Tensor attended = (1 - prompt_filler(tokens.device())).to(tokens.scalar_type());  // (B,prompt)
+  if (prompt_on_left) return torch::cat({attended, tokens}, 1);
+  // [prompt][mask][filler]: the attended columns of the prompt part come first.
+  std::vector<Tensor> rows;
+  std::int64_t begin = 0;
+  for (const auto& g : groups) {
+    const Tensor part = tokens.slice(0, begin, begin + g.rows);
+    rows.push_back(torch::cat({attended.slice(0, begin, begin + g.rows).slice(1, 0, g.prompt_length), part,
+                               torch::zeros({g.rows, prompt - g.prompt_length}, part.options())},
+                              1));
+    begin += g.rows;
+  }
+  return torch::cat(rows, 0);
+}
+
 void check_adapter_per_row(const AdapterModelImpl& model, const std::vector<std::string>& adapter_per_row,
                            std::int64_t batch) {
   ADAPTERS_CHECK(static_cast<std::int64_t>(adapter_per_row.size()) == batch, "adapter_per_row has ",
@@ -60,16 +163,6 @@ void check_adapter_per_row(const AdapterModelImpl& model, const std::vector<std:
     if (name == kNoAdapter) continue;
     ADAPTERS_CHECK(model.has_adapter(name), "adapter_per_row[", i, "]: no adapter named '", name,
                    "' is loaded (known: ", known_adapters(model), "; \"", kNoAdapter, "\" = no adapter)");
-    const methods::AdapterConfig& config = model.adapter_config(name);
-    const bool past_prefix = config.method == "prefix_tuning" && config.values.value("placement", "") == "past";
-    const bool input_prompt = config.method == "prompt_tuning" && config.values.value("combine", "") == "input";
-    if (past_prefix || input_prompt) {
-      throw NotSupported(str("adapter_per_row[", i, "]: adapter '", name, "' is PEFT's ",
-                             past_prefix ? "prefix tuning (past key/values)" : "prompt tuning (joined at the input)",
-                             ", which moves the positions of every token of its rows; one adapter per row runs the ",
-                             "LoRA family, bottleneck adapters, Compacter, AdapterHub prefix and prompt tuning and ReFT"),
-                         "run the rows of this adapter as a batch of their own");
-    }
   }
 }
 

@@ -28,9 +28,45 @@ struct RowGroups {
 };
 RowGroups group_rows(const std::vector<std::string>& adapter_per_row);
 
-// Throws naming the row when adapter_per_row does not have one entry per row of the batch, names
-// an adapter the model does not hold, or names one whose method cannot run per row (PEFT's prefix
-// tuning and prompt tuning joined at the input: their positions shift each row differently).
+// PEFT's soft tokens in front of a batch's tokens, per row group of a setup: prefix tuning's key/
+// values (placement "past", in the cache) and prompt tuning's embeddings joined at the input
+// (combine "input"). Rows of one batch whose soft tokens differ in length (a BatchSplit, one
+// adapter per row) are filled to the longest: prefixes on the left (in the cache), prompts on the
+// left in decoder-only models (the last column stays each row's last token) and on the right in
+// encoders (the first column stays each row's first token); filler is masked out and, on the left,
+// not counted in positions (models::ModelInputs::filler), so every row sees what it sees alone.
+struct SoftTokens {
+  struct Group {
+    std::int64_t rows = 0;
+    std::string past_prefix;  // adapter name, or empty
+    std::int64_t past = 0;    // its length
+    std::string prompt;       // adapter name, or empty
+    std::int64_t prompt_length = 0;
+  };
+  std::vector<Group> groups;  // the batch's rows in order
+  std::int64_t past = 0;      // the longest past prefix
+  std::int64_t prompt = 0;    // the longest input prompt
+  bool prompt_on_left = true;  // decoder-only models
+
+  // Whether some row's past prefix / input prompt is shorter than another's (so filled).
+  bool past_filled() const;
+  bool prompt_filled() const;
+  // (B,past) int64: 1 where a row's past prefix is shorter than the longest (its left columns).
+  torch::Tensor past_filler(const torch::Device& device) const;
+  // (B,prompt) int64: 1 at a row's filler columns of the prompt part (left or right of its prompt).
+  torch::Tensor prompt_filler(const torch::Device& device) const;
+  // (B,prompt+T): the attention mask (B,T) (undefined: all ones) with each row's prompt columns
+  // joined as attended and its filler as not: [filler][prompt][mask] or [prompt][mask][filler].
+  torch::Tensor join_prompt_mask(const torch::Tensor& mask, std::int64_t batch, std::int64_t T,
+                                 const torch::Device& device) const;
+};
+// The soft tokens of `setup` (nullptr: none) over `batch` rows. Throws NotSupported for a past
+// prefix in a block other than an adapter, a Stack or a BatchSplit of those (one cache holds one
+// prefix per row), or for two of them in one row.
+SoftTokens soft_tokens(const AdapterModelImpl& model, const Block* setup, std::int64_t batch);
+
+// Throws naming the row when adapter_per_row does not have one entry per row of the batch, or names
+// an adapter the model does not hold.
 void check_adapter_per_row(const AdapterModelImpl& model, const std::vector<std::string>& adapter_per_row,
                            std::int64_t batch);
 

@@ -324,37 +324,64 @@ json eject(const std::string& adapter, const json& config, models::BaseModelImpl
 
 }  // namespace
 
-std::int64_t prefill_past_prefix(models::BaseModelImpl& model, const std::string& adapter, std::int64_t batch,
-                                 nn::KVCache& cache) {
+namespace {
+
+PrefixTuningGroupImpl* past_group(models::BaseModelImpl& model, const std::string& adapter) {
   auto pool = model.hooks().find<PrefixTuningPoolImpl>(kPoolName);
   PrefixTuningGroupImpl* group = pool ? pool->group(adapter) : nullptr;
-  if (group == nullptr || !group->past) return 0;
-  ADAPTERS_CHECK(cache.length() == 0, "prefix tuning '", adapter, "': the past prefix fills an empty cache, this one holds ",
-                 cache.length(), " tokens");
-  const bool encoder_decoder = models::arch_spec(model.config().model_type).kind == models::ArchKind::EncoderDecoder;
-  const std::vector<nn::PrefixKV> table = group->forward(batch).at("past");  // L entries of (B,H,P,D)
-  const std::int64_t L = static_cast<std::int64_t>(table.size());
-  for (std::int64_t i = 0; i < L; ++i) {
-    // PEFT's encoder-decoder table (num_transformer_submodules 2) is doubled to 2L entries and
-    // decoder layer i reads entry 2i of that: entry 2i mod L of the table (a PEFT quirk kept as is).
-    const std::int64_t entry = group->submodules == 2 ? (2 * i) % L : i;
-    const nn::PrefixKV& kv = table[static_cast<std::size_t>(entry)];
-    // Encoder-decoder caches hold decoder layer i's self-attention in slot 2i (cross-attention 2i+1).
-    const std::size_t slot = static_cast<std::size_t>(encoder_decoder ? 2 * i : i);
-    cache.layer(slot)->append(kv.key.contiguous(), kv.value.contiguous());
-  }
-  return table.front().key.size(2);
+  return group != nullptr && group->past ? group : nullptr;
 }
 
-std::int64_t past_prefix_length(models::BaseModelImpl& model, const composition::Block* setup) {
-  if (setup == nullptr) return 0;
-  auto pool = model.hooks().find<PrefixTuningPoolImpl>(kPoolName);
-  if (!pool) return 0;
-  for (const auto& name : setup->flatten()) {
-    const PrefixTuningGroupImpl* group = pool->group(name);
-    if (group != nullptr && group->past) return group->prefix_length();
+// One group's prefix as the decoder's layers read it: L entries of (rows,Hkv,P,D).
+std::vector<nn::PrefixKV> past_table(PrefixTuningGroupImpl& group, std::int64_t rows) {
+  const std::vector<nn::PrefixKV> table = group.forward(rows).at("past");
+  if (group.submodules != 2) return table;
+  // PEFT's encoder-decoder table (num_transformer_submodules 2) is doubled to 2L entries and
+  // decoder layer i reads entry 2i of that: entry 2i mod L of the table (a PEFT quirk kept as is).
+  const std::size_t L = table.size();
+  std::vector<nn::PrefixKV> layers;
+  for (std::size_t i = 0; i < L; ++i) layers.push_back(table[(2 * i) % L]);
+  return layers;
+}
+
+}  // namespace
+
+void prefill_past_prefixes(models::BaseModelImpl& model, const std::vector<PastPrefixRows>& groups, std::int64_t length,
+                           nn::KVCache& cache) {
+  ADAPTERS_CHECK(cache.length() == 0, "prefix tuning: the past prefix fills an empty cache, this one holds ",
+                 cache.length(), " tokens");
+  std::vector<std::vector<nn::PrefixKV>> tables(groups.size());  // empty for a group without a prefix
+  const nn::PrefixKV* like = nullptr;
+  for (std::size_t g = 0; g < groups.size(); ++g) {
+    if (groups[g].adapter.empty()) continue;
+    PrefixTuningGroupImpl* group = past_group(model, groups[g].adapter);
+    ADAPTERS_CHECK(group != nullptr, "prefix tuning: adapter '", groups[g].adapter, "' has no past prefix in the model");
+    tables[g] = past_table(*group, groups[g].rows);
+    like = &tables[g].front();
   }
-  return 0;
+  if (like == nullptr) return;
+  const bool encoder_decoder = models::arch_spec(model.config().model_type).kind == models::ArchKind::EncoderDecoder;
+  const std::size_t layers = static_cast<std::size_t>(past_layers(model));  // every table's length
+  for (std::size_t i = 0; i < layers; ++i) {
+    std::vector<torch::Tensor> keys, values;
+    for (std::size_t g = 0; g < groups.size(); ++g) {
+      if (tables[g].empty()) {  // (rows,Hkv,length,D) zeros
+        std::vector<std::int64_t> shape = like->key.sizes().vec();
+        shape[0] = groups[g].rows;
+        shape[2] = length;
+        keys.push_back(torch::zeros(shape, like->key.options()));
+        values.push_back(torch::zeros(shape, like->value.options()));
+        continue;
+      }
+      const nn::PrefixKV& kv = tables[g][i];
+      const std::int64_t fill = length - kv.key.size(2);
+      keys.push_back(fill > 0 ? torch::constant_pad_nd(kv.key, {0, 0, fill, 0}) : kv.key);
+      values.push_back(fill > 0 ? torch::constant_pad_nd(kv.value, {0, 0, fill, 0}) : kv.value);
+    }
+    // Encoder-decoder caches hold decoder layer i's self-attention in slot 2i (cross-attention 2i+1).
+    const std::size_t slot = encoder_decoder ? 2 * i : i;
+    cache.layer(slot)->append(torch::cat(keys, 0).contiguous(), torch::cat(values, 0).contiguous());
+  }
 }
 
 MethodSpec prefix_tuning_method() {

@@ -147,13 +147,16 @@ class PrefixTuningLayerImpl : public nn::AttentionAdapter {
 
 MethodSpec prefix_tuning_method();
 
-// Placement "past": fills `cache` (empty) with the prefix of `adapter` for `batch` rows, in the
-// model's cache layout (decoder self-attention slots of encoder-decoder models), and returns the
-// prefix length; returns 0 when the adapter is not a "past" prefix. Differentiable.
-std::int64_t prefill_past_prefix(models::BaseModelImpl& model, const std::string& adapter, std::int64_t batch,
-                                 nn::KVCache& cache);
-// The length of the "past" prefix among the setup's adapters (0: none), i.e. what
-// prefill_past_prefix puts in front of a cache for this setup.
-std::int64_t past_prefix_length(models::BaseModelImpl& model, const composition::Block* setup);
+// Placement "past": the rows of a batch in groups, each with its prefix adapter ("" = none).
+struct PastPrefixRows {
+  std::string adapter;
+  std::int64_t rows = 0;
+};
+// Fills `cache` (empty) with each group's "past" prefix for its rows, in the model's cache layout
+// (decoder self-attention slots of encoder-decoder models); a prefix shorter than `length` (or
+// none) is left-filled with zero states, which the caller masks out (KVCache::filler).
+// Differentiable.
+void prefill_past_prefixes(models::BaseModelImpl& model, const std::vector<PastPrefixRows>& groups, std::int64_t length,
+                           nn::KVCache& cache);
 
 }  // namespace adapters::methods

@@ -124,11 +124,13 @@ struct BartStackImpl : torch::nn::Module {
     if (norm == Norm::Pre) layer_norm_ = register_module("layer_norm", layer_norm(c.hidden_size, kBartLayerNormEps));
     dropout = register_module("dropout", torch::nn::Dropout(c.hidden_dropout_prob));
   }
-  // ids (B,T) or embeddings (B,T,C), starting at position `past` -> (B,T,C)
-  Tensor embed(const Tensor& ids, const Tensor& inputs_embeds, std::int64_t past) {
+  // ids (B,T) or embeddings (B,T,C), after the stack's cached positions -> (B,T,C)
+  Tensor embed(const Tensor& ids, const Tensor& inputs_embeds, const LayerArgs& args) {
     Tensor h = inputs_embeds.defined() ? inputs_embeds : embed_tokens(ids) * embed_scale;
     auto long_options = torch::TensorOptions().dtype(torch::kLong).device(h.device());
-    h = h + embed_positions(torch::arange(past, past + h.size(1), long_options) + kPositionOffset);
+    const std::int64_t past = args.past_length;
+    h = h + embed_positions(shifted_positions(torch::arange(past, past + h.size(1), long_options).unsqueeze(0), args) +
+                            kPositionOffset);
     return dropout(layernorm_embedding(h));
   }
   Tensor finish(const Tensor& h) { return layer_norm_ ? layer_norm_(h) : h; }
@@ -195,12 +197,10 @@ class BartModelImpl : public EncoderDecoderModelImpl {
   std::int64_t num_layers() const override {
     return static_cast<std::int64_t>(encoder->layers.size() + decoder->layers.size());
   }
-  Tensor embed(const ModelInputs& in, LayerArgs&, ForwardContext&) override {
-    return encoder->embed(in.input_ids, in.inputs_embeds, 0);
+  Tensor embed(const ModelInputs& in, LayerArgs& args, ForwardContext&) override {
+    return encoder->embed(in.input_ids, in.inputs_embeds, args);
   }
-  Tensor embed_decoder(LayerArgs& args, ForwardContext&) override {
-    return decoder->embed(args.input_ids, Tensor(), args.past_length);
-  }
+  Tensor embed_decoder(LayerArgs& args, ForwardContext&) override { return decoder->embed(args.input_ids, Tensor(), args); }
   Tensor decoder_mask(const Tensor& h, const LayerArgs& args) const override {
     return causal_mask(h, args, /*add_padding_to_causal=*/true);
   }

@@ -118,7 +118,8 @@ Tensor BaseModelImpl::causal_mask(const Tensor& h, const LayerArgs& args, bool a
   return nn::build_attention_mask(spec, h.scalar_type(), h.device());
 }
 
-LayerArgs BaseModelImpl::stack_args(const ModelInputs& in, const Tensor& input_ids, const Tensor& attention_mask) {
+LayerArgs BaseModelImpl::stack_args(const ModelInputs& in, const Tensor& input_ids, const Tensor& attention_mask,
+                                     const Tensor& filler) {
   LayerArgs args;
   args.inputs = &in;
   args.input_ids = input_ids;
@@ -126,7 +127,26 @@ LayerArgs BaseModelImpl::stack_args(const ModelInputs& in, const Tensor& input_i
   args.position_ids = in.position_ids;
   args.cache = in.cache;
   args.past_length = in.cache ? in.cache->length() : 0;
+  const Tensor cached = in.cache ? in.cache->filler : Tensor();
+  if (!cached.defined() && !filler.defined()) return args;
+  // (B,past+T): the cache's filler columns, then this call's.
+  const Tensor& tokens = input_ids.defined() ? input_ids : in.inputs_embeds;
+  const std::int64_t B = tokens.size(0), T = tokens.size(1), past = args.past_length;
+  const auto options = torch::TensorOptions().dtype(torch::kLong).device(tokens.device());
+  Tensor before = cached.defined() ? cached.to(options) : torch::zeros({B, 0}, options);
+  before = torch::cat({before, torch::zeros({B, past - before.size(1)}, options)}, 1);
+  ADAPTERS_CHECK(!filler.defined() || filler.sizes() == torch::IntArrayRef({B, T}), "filler must be (B,T) = (", B, ", ", T,
+                 "), found ", filler.sizes());
+  args.filler = torch::cat({before, filler.defined() ? filler.to(options) : torch::zeros({B, T}, options)}, 1);
+  Tensor mask = attention_mask.defined() ? attention_mask.to(options) : torch::ones({B, past + T}, options);
+  if (mask.size(1) == T && past > 0) mask = torch::cat({torch::ones({B, past}, options), mask}, 1);
+  args.attention_mask = mask * (1 - args.filler);
+  args.position_shift = args.filler.sum(1, /*keepdim=*/true);
   return args;
+}
+
+void BaseModelImpl::remember_filler(const LayerArgs& args) {
+  if (args.cache != nullptr && args.filler.defined()) args.cache->filler = args.filler;
 }
 
 Tensor BaseModelImpl::run_layers(Tensor h, std::int64_t begin, std::int64_t end, LayerArgs& args,
@@ -136,7 +156,8 @@ Tensor BaseModelImpl::run_layers(Tensor h, std::int64_t begin, std::int64_t end,
 }
 
 BaseModelOutput BaseModelImpl::run(const ModelInputs& in, nn::ForwardContext& ctx) {
-  LayerArgs args = stack_args(in, in.input_ids, in.attention_mask);
+  LayerArgs args = stack_args(in, in.input_ids, in.attention_mask, in.filler);
+  remember_filler(args);
   Tensor h = embed(in, args, ctx);                                // (B,T,C)
   h = hooks_.embeddings(std::move(h), args.attention_mask, ctx);  // prompt tokens may lengthen T
   args.mask = attention_mask(h, args);

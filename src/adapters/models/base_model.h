@@ -35,6 +35,10 @@ struct ModelInputs {
   torch::Tensor decoder_input_ids{};       // (B,Td) encoder-decoder models
   torch::Tensor decoder_attention_mask{};  // (B,Td)
   torch::Tensor encoder_hidden_states{};   // (B,Ts,C) precomputed encoder output
+  // (B,T) 1 where a column is filler: the rows of one batch whose soft tokens (PEFT prompts and
+  // prefixes, one adapter per row) differ in length are left-filled to the longest. Filler is
+  // masked out and not counted in positions; undefined = none. The cache keeps it (KVCache::filler).
+  torch::Tensor filler{};
   nn::KVCache* cache = nullptr;            // caller-owned key/value cache, grown by the call
 };
 
@@ -68,6 +72,10 @@ struct LayerArgs {
   torch::Tensor position_ids;    // (B,T) or undefined
   nn::KVCache* cache = nullptr;
   std::int64_t past_length = 0;  // tokens in the cache before this call
+  // (B,past+T) filler columns of the cache and this call (ModelInputs::filler), already masked out
+  // of attention_mask; position_shift (B,1) counts them: default positions are shifted back by it
+  // (shifted_positions). Both undefined when there is no filler.
+  torch::Tensor filler, position_shift;
   torch::Tensor encoder_hidden_states;  // (B,Ts,C) decoders of encoder-decoder models
   torch::Tensor encoder_mask;           // additive (B,1,1,Ts) over the encoder states, or undefined
   // Per-forward state of an architecture (relative positions, a shared bias), by name.
@@ -109,9 +117,13 @@ class BaseModelImpl : public torch::nn::Module {
   // Layers [begin, end) (model-global indices), each followed by the layer-output hook.
   torch::Tensor run_layers(torch::Tensor h, std::int64_t begin, std::int64_t end, LayerArgs& args,
                            nn::ForwardContext& ctx);
-  // The LayerArgs of a stack over `input_ids` with the given mask and the inputs' cache.
+  // The LayerArgs of a stack over `input_ids` (undefined: inputs.inputs_embeds) with the given mask,
+  // the inputs' cache and `filler` (this stack's ModelInputs::filler): the cache's and the call's
+  // filler columns are masked out and counted in position_shift.
   static LayerArgs stack_args(const ModelInputs& inputs, const torch::Tensor& input_ids,
-                              const torch::Tensor& attention_mask);
+                              const torch::Tensor& attention_mask, const torch::Tensor& filler);
+  // The cache keeps the stack's filler columns (LayerArgs::filler) for the calls that continue it.
+  static void remember_filler(const LayerArgs& args);
   // Causal self-attention over the cache and the new tokens, with the padding of args.attention_mask.
   static torch::Tensor causal_mask(const torch::Tensor& h, const LayerArgs& args, bool add_padding_to_causal);
   // The embeddings (B,T,C); may set args.attention_mask / position_ids / extras.
@@ -133,5 +145,11 @@ class BaseModelImpl : public torch::nn::Module {
 
 // Walks `module`'s tree and lists every adapted linear layer, residual site and attention site.
 HookSites find_hook_sites(const torch::nn::Module& module);
+
+// Default positions (1|B,T) moved back by the filler before each row's tokens (LayerArgs::position_shift):
+// every row gets the positions it has alone. Filler columns themselves (masked out) clamp to 0.
+inline torch::Tensor shifted_positions(const torch::Tensor& positions, const LayerArgs& args) {
+  return args.position_shift.defined() ? (positions - args.position_shift).clamp_min(0) : positions;
+}
 
 }  // namespace adapters::models

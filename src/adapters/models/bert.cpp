@@ -37,23 +37,25 @@ struct BertEmbeddingsImpl : torch::nn::Module {
   }
 
   // (B,T) -> (B,T): BERT counts from 0, RoBERTa from pad_token_id + 1 over real tokens; both after
-  // `past` cached positions (a PEFT prefix), as HF does.
-  Tensor positions(const ModelInputs& in, std::int64_t T, std::int64_t past, const torch::TensorOptions& options) const {
+  // the past cached positions (a PEFT prefix) that are not filler, as HF does.
+  Tensor positions(const ModelInputs& in, std::int64_t T, const LayerArgs& args, const torch::TensorOptions& options) const {
     if (in.position_ids.defined()) return in.position_ids;
     if (!roberta_positions || !in.input_ids.defined()) {
-      const std::int64_t start = (roberta_positions ? pad_token_id + 1 : 0) + past;
-      return torch::arange(start, start + T, options).unsqueeze(0);
+      const std::int64_t start = (roberta_positions ? pad_token_id + 1 : 0) + args.past_length;
+      return shifted_positions(torch::arange(start, start + T, options).unsqueeze(0), args);
     }
     Tensor mask = in.input_ids.ne(pad_token_id).to(torch::kLong);
+    Tensor past = torch::full({1, 1}, args.past_length, options);
+    if (args.position_shift.defined()) past = past - args.position_shift;
     return (torch::cumsum(mask, 1) + past) * mask + pad_token_id;
   }
 
   // (B,T) ids or (B,T,E) embeddings -> (B,T,E)
-  Tensor forward(const ModelInputs& in, std::int64_t past) {
+  Tensor forward(const ModelInputs& in, const LayerArgs& args) {
     Tensor h = in.inputs_embeds.defined() ? in.inputs_embeds : word_embeddings(in.input_ids);
     const auto ids = torch::TensorOptions().dtype(torch::kLong).device(h.device());
     Tensor token_types = in.token_type_ids.defined() ? in.token_type_ids : torch::zeros({h.size(0), h.size(1)}, ids);
-    h = h + token_type_embeddings(token_types) + position_embeddings(positions(in, h.size(1), past, ids));
+    h = h + token_type_embeddings(token_types) + position_embeddings(positions(in, h.size(1), args, ids));
     return dropout(LayerNorm(h));
   }
 
@@ -149,7 +151,7 @@ class BertModelImpl : public BaseModelImpl {
   // (B,T,E): the embedding hook (prompt tuning, invertible adapters) acts in embedding space, as
   // on ALBERT; ELECTRA projects to (B,T,C) when the first layer starts.
   Tensor embed(const ModelInputs& in, LayerArgs& args, ForwardContext&) override {
-    return embeddings->forward(in, args.past_length);
+    return embeddings->forward(in, args);
   }
   std::int64_t num_layers() const override { return static_cast<std::int64_t>(encoder->layers.size()); }
   Tensor layer(std::int64_t i, const Tensor& h, LayerArgs& args, ForwardContext& ctx) override {

@@ -28,11 +28,12 @@ inline void check_positions_fit(const ModelInputs& in, const ModelConfig& c) {
                  " positions (max_position_embeddings / n_positions)");
 }
 
-// (B|1,T) the positions of this call: the given ones, else past .. past+T-1.
+// (B|1,T) the positions of this call: the given ones, else past .. past+T-1 (less each row's filler).
 inline torch::Tensor positions(const torch::Tensor& x, const LayerArgs& args) {
   if (args.position_ids.defined() && args.position_ids.size(1) == x.size(1)) return args.position_ids;
-  return torch::arange(args.past_length, args.past_length + x.size(1),
-                       torch::TensorOptions().dtype(torch::kLong).device(x.device())).unsqueeze(0);
+  return shifted_positions(torch::arange(args.past_length, args.past_length + x.size(1),
+                                         torch::TensorOptions().dtype(torch::kLong).device(x.device())).unsqueeze(0),
+                           args);
 }
 
 // (B,C): the hidden state of each row's last non-padding token, as the reference's GPT-2/GPT-J

@@ -1,4 +1,4 @@
-// The Llama-style decoders: Llama, Mistral, Qwen2, Gemma, each one row of kStyles below (a further
+// The Llama-style decoders: Llama, Mistral, Qwen2, Gemma, Ministral, each one row of kStyles below (a further
 // Llama-style model_type is one more row, not more model code). Token embeddings (Gemma: times
 // sqrt(hidden)), pre-norm blocks with RMSNorm (input_layernorm -> self-attention with half-split
 // rotary positions and grouped-query heads -> residual site; post_attention_layernorm -> gated MLP
@@ -23,7 +23,10 @@ using blocks::RMSNorm;
 using nn::ForwardContext;
 using torch::Tensor;
 
-enum class Window { None, EveryLayer, LayerTypes };
+// Where config.sliding_window applies: nowhere; every layer; the layers layer_types marks (else,
+// with use_sliding_window, those from max_window_layers on: Qwen2's rule); the layers layer_types
+// marks, else every layer (Ministral's rule).
+enum class Window { None, EveryLayer, LayerTypes, LayerTypesElseEvery };
 
 // What sets one Llama-style model_type apart from Llama.
 struct Style {
@@ -42,6 +45,7 @@ const Style kStyles[] = {
     {"mistral", "MistralAdapterModel", false, true, false, false, Window::EveryLayer},
     {"qwen2", "Qwen2AdapterModel", true, false, false, false, Window::LayerTypes},
     {"gemma", "GemmaAdapterModel", false, true, true, true, Window::None},
+    {"ministral", "MinistralAdapterModel", false, false, false, false, Window::LayerTypesElseEvery},
 };
 
 const Style& style_of(const std::string& model_type) {
@@ -95,9 +99,11 @@ nn::RotaryOptions rotary_options(const ModelConfig& c) {
 std::vector<std::int64_t> layer_windows(const ModelConfig& c, Window rule) {
   std::vector<std::int64_t> windows(static_cast<std::size_t>(c.num_hidden_layers), 0);
   if (rule == Window::None || c.sliding_window <= 0) return windows;
-  if (rule == Window::EveryLayer) return std::vector<std::int64_t>(windows.size(), c.sliding_window);
-  if (!config_flag(c, "use_sliding_window", false)) return windows;
   const json& types = c.raw.contains("layer_types") ? c.raw["layer_types"] : json();
+  if (rule == Window::EveryLayer || (rule == Window::LayerTypesElseEvery && !types.is_array())) {
+    return std::vector<std::int64_t>(windows.size(), c.sliding_window);
+  }
+  if (rule == Window::LayerTypes && !config_flag(c, "use_sliding_window", false)) return windows;
   const std::int64_t first_windowed = c.raw.value("max_window_layers", c.num_hidden_layers);
   for (std::size_t i = 0; i < windows.size(); ++i) {
     const bool windowed = types.is_array() && i < types.size() ? types[i] == "sliding_attention"
@@ -225,6 +231,15 @@ class LlamaModelImpl : public BaseModelImpl {
   static Tensor sliding_mask(const Tensor& x, LayerArgs& args, std::int64_t window) {
     const std::string key = "sliding_mask." + std::to_string(window);
     if (auto it = args.extras.find(key); it != args.extras.end()) return it->second;
+    // The window counts columns: filler between a row's columns (a PEFT prefix row beside a PEFT
+    // prompt row) would stretch it.
+    if (args.filler.defined() && args.filler.size(1) > 1 &&
+        args.filler.slice(1, 1).gt(args.filler.slice(1, 0, -1)).any().item<bool>()) {
+      throw NotSupported("a sliding-window model cannot run rows of PEFT prefix tuning and rows of PEFT prompt tuning "
+                         "of different lengths in one batch (the filler between a row's prefix and its tokens would "
+                         "count in the window)",
+                         "run the prefix rows and the prompt rows as separate batches");
+    }
     nn::MaskSpec spec;
     spec.padding = args.attention_mask;
     spec.query_length = x.size(1);

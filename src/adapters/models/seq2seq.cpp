@@ -84,9 +84,9 @@ BaseModelOutput EncoderDecoderModelImpl::run(const ModelInputs& in, nn::ForwardC
   Tensor encoded = in.encoder_hidden_states;  // (B,Ts,C)
   Tensor encoder_padding = in.attention_mask;  // (B,Ts) or undefined
   if (!encoded.defined()) {
-    LayerArgs args = stack_args(in, in.input_ids, in.attention_mask);
-    args.cache = nullptr;
-    args.past_length = 0;
+    ModelInputs encoder_inputs = in;  // the encoder reads no cache
+    encoder_inputs.cache = nullptr;
+    LayerArgs args = stack_args(encoder_inputs, in.input_ids, in.attention_mask, in.filler);
     Tensor h = embed(in, args, ctx);
     h = hooks_.embeddings(std::move(h), args.attention_mask, ctx);
     args.mask = attention_mask(h, args);
@@ -99,7 +99,8 @@ BaseModelOutput EncoderDecoderModelImpl::run(const ModelInputs& in, nn::ForwardC
   decoder_ids = nn::match_batch(decoder_ids, encoded);
   Tensor decoder_padding = in.decoder_attention_mask.defined() ? nn::match_batch(in.decoder_attention_mask, encoded)
                                                                 : Tensor();
-  LayerArgs args = stack_args(in, decoder_ids, decoder_padding);
+  LayerArgs args = stack_args(in, decoder_ids, decoder_padding, Tensor());
+  remember_filler(args);
   args.position_ids = Tensor();
   args.encoder_hidden_states = encoded;
   if (encoder_padding.defined()) {

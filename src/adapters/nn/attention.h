@@ -53,6 +53,9 @@ struct LayerKV {
 struct KVCache {
   std::vector<LayerKV> layers;
   std::int64_t capacity = 0;  // see reserve()
+  // (B,F) 1 where one of the first F cached columns is filler (models::ModelInputs::filler: rows
+  // whose soft prefixes differ in length), or undefined; the columns after F are tokens.
+  torch::Tensor filler;
   // Tokens already cached (the position of the next token).
   std::int64_t length() const { return layers.empty() ? 0 : layers.front().length(); }
   LayerKV* layer(std::size_t i) {
@@ -64,6 +67,7 @@ struct KVCache {
   void reserve(std::int64_t tokens) { capacity = tokens; }
   void select_rows(const torch::Tensor& rows) {
     for (auto& l : layers) l.select_rows(rows);
+    if (filler.defined()) filler = filler.index_select(0, rows.to(filler.device()));
   }
 };
 
