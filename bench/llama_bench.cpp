@@ -1,6 +1,7 @@
 // Benchmark: one adapter per batch row on a Llama decoder (TinyLlama-1.1B shapes, or a small Llama
 // for quick runs), random weights, B8, prompt 128, greedy decoding with the cache. For LoRA (r 8 on
-// q,k,v,o and r 64 on every linear layer), seq_bn and prefix tuning: one adapter for the whole
+// q,k,v,o and r 64 on every linear layer), seq_bn and prefix tuning (AdapterHub's at the attention
+// sites and PEFT's in the key/value cache): one adapter for the whole
 // batch against 8 different adapters, one per row (generate()'s adapter_per_row path: the rows
 // grouped by adapter, one BatchSplit in one forward). Prefill is timed as generate() of one token;
 // decode steps run in lockstep across all variants (step s of every variant before step s+1 of any,
@@ -49,6 +50,7 @@ const Family kFamilies[] = {
     {"lora r64 all", "lora[r=64,alpha=128,attn_matrices=['q','k','v','o'],intermediate_lora=true,output_lora=true]"},
     {"seq_bn", "seq_bn"},
     {"prefix", "prefix_tuning_flat[prefix_length=16]"},
+    {"peft prefix", "prefix_tuning_flat[placement=past,prefix_length=16]"},  // PEFT's: in the cache
 };
 
 std::string adapter_name(std::size_t family, std::int64_t row) { return str("f", family, "_", row); }
