@@ -10,7 +10,7 @@
 // LoRAs one per row against one LoRA.
 // Goals (ratios of this run): 8 adapters one per row reach >= 0.85x the decode throughput of one
 // adapter for the batch; one unmerged LoRA costs <= 5% of decode throughput.
-// Usage: llama_bench [tinyllama|small] [repetitions] [new_tokens]
+// Usage: llama_bench [tinyllama|small] [repetitions] [new_tokens] [train (the training step alone)]
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -219,7 +219,8 @@ int main(int argc, char** argv) {
   std::printf("%s on cpu, %d CPU threads, libtorch %s\n", tiny_llama ? "TinyLlama-1.1B shapes" : "small Llama shapes",
               torch::get_num_threads(), TORCH_VERSION);
   AdapterModel model = build(c);
-  decode_table(model, c, reps, new_tokens);
+  const bool training_only = argc > 4 && std::strcmp(argv[4], "train") == 0;
+  if (!training_only) decode_table(model, c, reps, new_tokens);
   training_table(model, c, reps);
   return 0;
 }

@@ -39,6 +39,7 @@
 #include "adapters/train/progress.h"
 #include "adapters/train/trainer.h"
 #include "commands.h"
+#include "launch.h"
 
 namespace adapters::cli {
 
@@ -207,6 +208,7 @@ struct TrainArgs {
   tr::TrainerOptions trainer;
   std::string resume;
   double learning_rate = 0;  // 0: 1e-3 for adapters, 1e-4 for full fine-tuning
+  int nproc = 1;             // worker processes on this machine (data parallel)
 };
 
 struct TrainOutcome {
@@ -217,10 +219,31 @@ struct TrainOutcome {
   double peak_mb = 0;
   std::uintmax_t saved_bytes = 0;
   fs::path saved;
+  bool main = true;  // the process that writes the results (rank 0 of a distributed run)
 };
 
-// libtorch's intra-op pool may start with one thread: use every core.
-void use_all_cores() { torch::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))); }
+// libtorch's intra-op pool may start with one thread: use every core (a worker of a distributed
+// run its share of them, LOCAL_WORLD_SIZE workers to a machine).
+void use_all_cores() {
+  const char* local = std::getenv("LOCAL_WORLD_SIZE");
+  const unsigned workers = local != nullptr ? static_cast<unsigned>(std::max(1L, std::strtol(local, nullptr, 10))) : 1u;
+  torch::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency() / workers)));
+}
+
+// The data-parallel group this process belongs to (torchrun's environment), or none.
+std::shared_ptr<tr::DataParallel> join_world(torch::Device device) {
+  const auto env = tr::world_from_environment();
+  return env ? std::make_shared<tr::DataParallel>(*env, device) : nullptr;
+}
+
+// --nproc N: runs the command as N workers; false when this process is to do the work itself
+// (N = 1, or a worker already).
+bool launched_workers(int nproc) {
+  if (nproc <= 1 || is_distributed_worker()) return false;
+  const int code = launch_workers(nproc);
+  if (code != 0) throw Error(str("--nproc ", nproc, ": a worker failed (exit code ", code, "; its error is above)"));
+  return true;
+}
 
 // glibc hands every block over its mmap threshold (at most 32 MB) back to the kernel when it is
 // freed, so each training step page-faults its large tensors (a causal LM's logits over the
@@ -350,10 +373,14 @@ TrainOutcome run_training(const TrainArgs& a, const DataArgs& d) {
   options.device = device;
   if (!a.resume.empty()) options.resume_from = a.resume;
   if (!validation) options.metric_for_best = "loss";
+  options.parallel = join_world(device);
 
   TrainOutcome out;
   out.trainable = trainable_parameters(model);
+  out.main = options.parallel == nullptr || options.parallel->is_main();
+  if (!out.main) options.show_progress = false;
   MeasuredRun run = train_measured(model, train, validation ? &*validation : nullptr, options);
+  if (!out.main) return out;  // rank 0 evaluates the test split and saves
   out.result = std::move(run.result);
   out.step_ms = run.step_ms;
   out.peak_mb = run.peak_mb;
@@ -403,6 +430,12 @@ void add_training_options(CLI::App* cmd, TrainArgs& a) {
   cmd->add_flag("--overwrite", t.overwrite, "Replace a run already in --output");
   cmd->add_option("--resume", a.resume, "Continue from this checkpoint folder (output/checkpoint-N)");
   cmd->add_flag("--no-progress", [&t](std::int64_t) { t.show_progress = false; }, "No progress bar");
+  cmd->add_option("--nproc", a.nproc,
+                  "Train with N processes on this machine (data parallel over Gloo; --batch-size stays the global "
+                  "batch). Across machines, start one process per rank with torchrun's MASTER_ADDR, MASTER_PORT, "
+                  "WORLD_SIZE, RANK and LOCAL_RANK instead")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
 }
 
 void add_train(CLI::App& app) {
@@ -424,7 +457,9 @@ void add_train(CLI::App& app) {
       "      --train data/train.jsonl --validation data/validation.jsonl --test data/test.jsonl --output runs/lora\n"
       "  adapters train --model org/name@main --full --train train.csv --text-column sentence --output runs/full");
   cmd->callback([a, d] {
+    if (launched_workers(a->nproc)) return;
     const TrainOutcome out = run_training(*a, *d);
+    if (!out.main) return;
     json summary = {{"status", out.result.status}, {"steps", out.result.global_step}, {"test", out.test_metrics},
                     {"saved", out.saved.string()}};
     std::cout << summary.dump() << '\n';
@@ -598,6 +633,8 @@ struct PretrainArgs {
   double learning_rate = 1e-3, mask_probability = 0.15;
   std::uint64_t seed = 0;
   int threads = 0;
+  int nproc = 1;
+  int rank = 0, world = 1;  // this process's share of every batch (a distributed run)
 };
 
 bool ends_with(const std::string& text, const std::string& suffix) {
@@ -689,11 +726,12 @@ PretrainStep masked_lm_step(AdapterModel& model, const PretrainArgs& a, const To
   std::cerr << "pretrain: " << rows->size() << " rows from " << a.corpus << '\n';
   model->add_head("mlm", "masked_lm");
   const std::int64_t pad = model->config().pad_token_id, vocab = model->config().vocab_size;
-  auto rng = std::make_shared<std::mt19937_64>(a.seed);
+  // Each rank of a distributed run draws its share of the rows from its own stream.
+  auto rng = std::make_shared<std::mt19937_64>(a.world == 1 ? a.seed : a.seed * 7919 + static_cast<std::uint64_t>(a.rank));
   return [&model, rows, rng, a, pad, vocab, bos, eos, mask = *mask_id](std::int64_t) {
     std::vector<const std::vector<std::int64_t>*> batch;
     std::size_t longest = 0;
-    for (std::size_t i = 0; i < a.batch_size; ++i) {
+    for (std::size_t i = 0; i < a.batch_size / static_cast<std::size_t>(a.world); ++i) {
       batch.push_back(&(*rows)[(*rng)() % rows->size()]);
       longest = std::max(longest, batch.back()->size() + 2);
     }
@@ -744,12 +782,13 @@ PretrainStep causal_lm_step(AdapterModel& model, const PretrainArgs& a, const To
   // The order of the blocks in the pass being drawn from: (pass, permutation).
   auto order = std::make_shared<std::pair<std::size_t, std::vector<std::size_t>>>(SIZE_MAX, std::vector<std::size_t>());
   return [&model, blocks, order, a](std::int64_t step) {
-    const auto B = static_cast<std::int64_t>(a.batch_size), T = static_cast<std::int64_t>(a.max_length);
+    const auto global = static_cast<std::int64_t>(a.batch_size), T = static_cast<std::int64_t>(a.max_length);
+    const std::int64_t B = global / a.world;  // this rank's rows: blocks [rank * B, (rank + 1) * B) of the step's
     const std::size_t n = blocks->size();
     std::vector<std::int64_t> flat;
     flat.reserve(static_cast<std::size_t>(B * T));
-    for (std::int64_t i = 0; i < B; ++i) {
-      const std::size_t k = static_cast<std::size_t>(step * B + i);  // the k-th block drawn
+    for (std::int64_t i = a.rank * B; i < (a.rank + 1) * B; ++i) {
+      const std::size_t k = static_cast<std::size_t>(step * global + i);  // the k-th block drawn
       if (order->first != k / n) *order = {k / n, tr::seeded_permutation(n, a.seed + k / n)};
       const auto& block = (*blocks)[order->second[k % n]];
       flat.insert(flat.end(), block.begin(), block.end());
@@ -777,9 +816,17 @@ AdapterModel pretrain_model(const PretrainArgs& a, const models::ModelConfig& co
 // Steps the objective until --max-steps (or the --minutes budget) with AdamW (decay 0.01, none
 // on biases and norms), linear warm-up then linear decay to 10%, clipping at 1.0; saves the base
 // model's weights every --save-every minutes and at the end.
-void run_pretraining(const PretrainArgs& a) {
+void run_pretraining(PretrainArgs a) {
   use_threads(a.threads);
   keep_freed_memory();
+  const std::shared_ptr<tr::DataParallel> parallel = join_world(torch::kCPU);
+  if (parallel) {
+    a.rank = parallel->rank();
+    a.world = parallel->world_size();
+    ADAPTERS_CHECK(a.batch_size % static_cast<std::size_t>(a.world) == 0, "--batch-size ", a.batch_size,
+                   " is not a multiple of the ", a.world, " processes: each takes an equal share of every batch");
+  }
+  const bool main = a.rank == 0;
   const Tokenizer tok = Tokenizer::from_pretrained(a.tokenizer);
   const models::ModelConfig config = models::load_model_config(a.config);
   AdapterModel model = pretrain_model(a, config);
@@ -805,7 +852,9 @@ void run_pretraining(const PretrainArgs& a) {
   std::vector<double> losses;
   std::int64_t step = 0;
   for (; step < planned; ++step) {
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    // The ranks agree on the time, which sets the learning rate and the end of a timed run.
+    if (parallel && a.max_steps == 0) elapsed = parallel->sum({elapsed}).front() / a.world;
     if (a.max_steps == 0 && elapsed > a.minutes * 60) break;
     // Linear warm-up, then linear decay to 10% over the budget (time or steps).
     const double progress = a.max_steps > 0 ? static_cast<double>(step) / static_cast<double>(a.max_steps)
@@ -815,19 +864,22 @@ void run_pretraining(const PretrainArgs& a) {
     const torch::Tensor loss = loss_of(step);
     optimizer->zero_grad();
     loss.backward();
+    if (parallel) parallel->average_gradients(trainable);
     torch::nn::utils::clip_grad_norm_(trainable, 1.0);
     optimizer->step();
-    const double value = loss.item<double>();
+    const double value = parallel ? parallel->sum({loss.item<double>()}).front() / a.world : loss.item<double>();
     losses.push_back(value);
     if (step == 0) first = value;
     smoothed = step == 0 ? value : 0.98 * smoothed + 0.02 * value;
-    if (step % 100 == 0) std::cerr << "pretrain: step " << step << " loss " << smoothed << " (" << elapsed << " s)\n";
-    if (a.save_every_minutes > 0 && elapsed - last_save > a.save_every_minutes * 60) {
+    if (step % 100 == 0 && main) std::cerr << "pretrain: step " << step << " loss " << smoothed << " (" << elapsed << " s)\n";
+    if (main && a.save_every_minutes > 0 && elapsed - last_save > a.save_every_minutes * 60) {
       formats::save_pretrained(*model, a.out);  // written to temporary files, then renamed
       last_save = elapsed;
       std::cerr << "pretrain: saved at step " << step << '\n';
     }
   }
+  if (parallel) parallel->barrier();
+  if (!main) return;
   model->delete_head(head);
   formats::save_pretrained(*model, a.out);
   // The final loss: the mean of the last tenth of the steps (at most 100), less noisy than one step.
@@ -869,13 +921,18 @@ void add_pretrain(CLI::App& app) {
   cmd->add_option("--save-every", a->save_every_minutes, "Save the weights every N minutes (0: only at the end)")
       ->capture_default_str();
   cmd->add_option("--threads", a->threads, "CPU threads (0: every core)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--nproc", a->nproc, "Pretrain with N processes on this machine (data parallel; --batch-size is global)")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
   cmd->footer(
       "Examples:\n"
       "  adapters pretrain --config assets/tiny-encoder/config.json --tokenizer assets/tiny-encoder \\\n"
       "      --corpus build/corpus/corpus.txt --out build/pretrain/enc --max-steps 1660 --batch-size 32 --max-length 96\n"
       "  adapters pretrain --objective causal --config assets/tiny-gpt2/config.json --tokenizer assets/tiny-gpt2 \\\n"
       "      --corpus build/corpus/corpus.txt --out build/pretrain/gpt2 --max-steps 2000 --batch-size 16 --threads 1");
-  cmd->callback([a] { run_pretraining(*a); });
+  cmd->callback([a] {
+    if (!launched_workers(a->nproc)) run_pretraining(*a);
+  });
 }
 
 // ---- demo: the main job ---------------------------------------------------------------------

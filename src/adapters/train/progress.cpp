@@ -97,6 +97,7 @@ std::string ProgressBar::status_text(bool with_bar) const {
   if (elapsed > 0 && done > 0) {
     const double rate = done / elapsed;
     text += " " + format_rate(rate);
+    if (options_.examples_per_step > 0) text += format(" %.1f ex/s", rate * options_.examples_per_step);
     if (total > step_) text += " ETA " + format_duration(static_cast<double>(total - step_) / rate);
   }
   return text;

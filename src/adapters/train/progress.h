@@ -33,6 +33,7 @@ struct ProgressOptions {
   size_t log_every_steps = 100;       // not a TTY: a line every this many steps (0: never by count)
   double log_every_seconds = 30;      // not a TTY: ... or when this much time passed (0: never by time)
   std::function<double()> clock;      // seconds on a monotonic clock; default std::chrono::steady_clock
+  double examples_per_step = 0;       // > 0: the rate in examples/s too (of every process together)
 };
 
 class ProgressBar {

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <iostream>
@@ -609,178 +610,316 @@ std::vector<Series> chart_series(const TrainerState& state, const std::string& m
 
 // ---- the trainer --------------------------------------------------------------------------------
 
+namespace {
+
+// What the task's loss averages over in a batch: its rows, or its labelled tokens (tagging: the
+// labels not ignored; causal LM: the tokens predicted). A data-parallel rank weighs its loss by
+// its share of this, so that the ranks' mean is the loss of the whole batch.
+double loss_denominator(const Batch& batch, TaskKind task) {
+  if (task == TaskKind::CausalLM) return static_cast<double>(predicted_token_count(batch));
+  if (task == TaskKind::TokenClassification) {
+    return static_cast<double>(std::count_if(batch.labels.begin(), batch.labels.end(), [](int64_t l) { return l != kIgnoreIndex; }));
+  }
+  return static_cast<double>(batch.batch_size);
+}
+
+// Rank `rank` of `world`'s share of a batch: a contiguous, balanced slice (empty when the batch
+// has fewer rows than ranks).
+std::vector<size_t> shard(const std::vector<size_t>& batch, int rank, int world) {
+  const size_t n = batch.size();
+  const size_t begin = n * static_cast<size_t>(rank) / static_cast<size_t>(world);
+  const size_t end = n * static_cast<size_t>(rank + 1) / static_cast<size_t>(world);
+  return std::vector<size_t>(batch.begin() + static_cast<std::ptrdiff_t>(begin), batch.begin() + static_cast<std::ptrdiff_t>(end));
+}
+
+// One training run: the trainer's loop cut into its pieces. micro_batch() runs forward and
+// backward; reduce_gradients() is the one place after backward where gradients cross processes;
+// optimizer_step() clips, schedules and steps; evaluate_and_checkpoint() and checkpoint() are
+// where results are written, by the main process alone (writes()).
+class TrainingRun {
+ public:
+  TrainingRun(const TrainerOptions& o, AdapterModel& model, const FeatureSet& train, const FeatureSet* validation)
+      : o_(o), model_(model), train_(train), validation_(validation), parallel_(o.parallel.get()),
+        groups_(trainable_parameter_groups(*model)), trainable_(tensors_of(all_named(groups_))),
+        optimizer_(make_adamw(groups_, o.learning_rate, o.weight_decay)), schedule_(parse_schedule(o.schedule)) {}
+
+  bool writes() const { return parallel_ == nullptr || parallel_->is_main(); }
+
+  // Where the run starts: fresh, or where a checkpoint left off; the step plan.
+  void start() {
+    state_.seed = o_.seed;
+    if (!o_.resume_from.empty()) {
+      state_ = read_trainer_state(o_.resume_from);
+      load_trainable(groups_, io::read_checkpoint(o_.resume_from / kTrainableFile), (o_.resume_from / kTrainableFile).string());
+      load_adamw_state(*optimizer_, groups_, io::read_checkpoint(o_.resume_from / kOptimizerFile),
+                       (o_.resume_from / kOptimizerFile).string());
+      if (state_.seed != o_.seed && writes()) {
+        log::warn(str("resume: using the checkpoint's seed ", state_.seed, " (not ", o_.seed, ")"));
+      }
+    }
+    torch::manual_seed(state_.seed);
+    batches_per_epoch_ = static_cast<int64_t>(plan_batches(train_, {o_.batch_size, true, state_.seed, o_.bucket_by_length}).size());
+    const int64_t steps_per_epoch = (batches_per_epoch_ + o_.grad_accumulation - 1) / o_.grad_accumulation;
+    total_steps_ = o_.max_steps > 0 ? o_.max_steps : o_.epochs * steps_per_epoch;
+    warmup_steps_ = o_.warmup_steps > 0 ? o_.warmup_steps : static_cast<int64_t>(std::ceil(o_.warmup_ratio * total_steps_));
+    result_.total_steps = total_steps_;
+    if (!writes()) return;
+    metrics_log_.emplace(o_.output_dir / "metrics.jsonl");
+    if (o_.show_progress) {
+      ProgressOptions p;
+      p.total_steps = static_cast<size_t>(total_steps_);
+      p.initial_step = static_cast<size_t>(state_.global_step);
+      p.examples_per_step = static_cast<double>(o_.batch_size * static_cast<size_t>(o_.grad_accumulation));
+      if (parallel_ != nullptr) p.description = str("train (", parallel_->world_size(), " processes)");
+      progress_.emplace(std::cerr, p);
+    }
+  }
+
+  const TrainerState& state() const { return state_; }
+  int64_t total_steps() const { return total_steps_; }
+
+  // Forward and backward of this process's share of batch `b` of the epoch's plan, its loss scaled
+  // by its share of the accumulation group (and, across ranks, of the batch).
+  void micro_batch(const std::vector<size_t>& indices, int64_t epoch, int64_t b, int64_t group_size) {
+    torch::manual_seed(micro_batch_seed(state_.seed, epoch, b));
+    double weight = 1.0;
+    std::vector<size_t> mine = indices;
+    std::optional<Batch> batch;
+    if (parallel_ != nullptr) {
+      mine = shard(indices, parallel_->rank(), parallel_->world_size());
+      if (!mine.empty()) batch = collate(train_, mine);
+      const double local = batch ? loss_denominator(*batch, train_.task) : 0.0;
+      const double total = parallel_->sum({local}).front();
+      weight = total > 0 ? local * parallel_->world_size() / total : 0.0;
+    } else {
+      batch = collate(train_, mine);
+    }
+    if (!batch || weight == 0.0) return;  // nothing of this batch here: zero gradients
+    ForwardOptions forward;
+    forward.head_inputs = to_head_inputs(*batch, train_.task, o_.device);
+    forward.adapter_per_row = batch->adapters;  // multi-tenant data: each row trains its own adapter
+    const ModelOutput out = model_->forward(inputs_for(*model_, *batch, o_.device), forward);
+    ADAPTERS_CHECK(out.loss.defined(), "train: the model returned no loss (expected an active head for task ",
+                   to_string(train_.task), ")");
+    const Tensor loss = parallel_ != nullptr ? out.loss * weight : out.loss;
+    (loss / static_cast<double>(group_size)).backward();
+    step_loss_ += loss.item<double>() / static_cast<double>(group_size);
+  }
+
+  // The one place after backward where gradients cross processes: averaged over the ranks.
+  void reduce_gradients() {
+    if (parallel_ == nullptr) return;
+    // Only parameters with a gradient on some rank: one no rank touched stays without one, as in
+    // one process (AdamW skips it).
+    std::vector<double> present;
+    for (const auto& p : trainable_) present.push_back(p.grad().defined() ? 1.0 : 0.0);
+    present = parallel_->sum(present);
+    std::vector<Tensor> reduced;
+    for (size_t i = 0; i < trainable_.size(); ++i) {
+      if (present[i] > 0) reduced.push_back(trainable_[i]);
+    }
+    result_.reduced_bytes_per_step = parallel_->average_gradients(reduced);
+  }
+
+  // Clipping (on the global norm: every rank holds the averaged gradients), the learning rate of
+  // this step, AdamW.
+  void optimizer_step() {
+    if (o_.max_grad_norm > 0) torch::nn::utils::clip_grad_norm_(trainable_, o_.max_grad_norm);
+    set_learning_rate(*optimizer_, o_.learning_rate * lr_multiplier(schedule_, state_.global_step, warmup_steps_, total_steps_));
+    optimizer_->step();
+    optimizer_->zero_grad();
+    ++state_.global_step;
+  }
+
+  // The step's loss and the stop requests (Ctrl-C on any rank) agreed over the ranks; returns
+  // whether to stop.
+  bool agree(bool stop_requested) {
+    double loss = step_loss_;
+    if (parallel_ != nullptr) {
+      const std::vector<double> agreed = parallel_->sum({step_loss_, stop_requested ? 1.0 : 0.0});
+      loss = agreed[0] / parallel_->world_size();
+      stop_requested = agreed[1] > 0;
+    }
+    step_loss_ = 0;
+    loss_since_log_ += loss;
+    ++steps_since_log_;
+    return stop_requested;
+  }
+
+  // After the step: the position a resumed run continues from, the progress bar, the loss log.
+  void record_step(int64_t epoch, int64_t b, int64_t n) {
+    state_.epoch = b + 1 == n ? epoch + 1 : epoch;
+    state_.batch_in_epoch = b + 1 == n ? 0 : b + 1;
+    if (progress_) progress_->update(static_cast<size_t>(state_.global_step), loss_since_log_ / steps_since_log_);
+    if (steps_since_log_ >= std::max<int64_t>(1, o_.log_every) || state_.global_step == total_steps_) {
+      const double mean = loss_since_log_ / steps_since_log_;
+      state_.train_loss.emplace_back(state_.global_step, mean);
+      if (metrics_log_) {
+        // Examples of every process per second since the last line.
+        const auto now = std::chrono::steady_clock::now();
+        const double seconds = std::chrono::duration<double>(now - last_log_time_).count();
+        const double examples = static_cast<double>(steps_since_log_ * o_.grad_accumulation) * static_cast<double>(o_.batch_size);
+        last_log_time_ = now;
+        metrics_log_->write({state_.global_step, fractional_epoch(), "train",
+                             {{"loss", mean},
+                              {"learning_rate", optimizer_->param_groups()[0].options().get_lr()},
+                              {"examples_per_second", seconds > 0 ? examples / seconds : 0.0}}});
+      }
+      loss_since_log_ = 0;
+      steps_since_log_ = 0;
+    }
+  }
+
+  // Evaluates (when there is validation data: every rank the whole set, so that all agree),
+  // logs, checkpoints and tracks the best; returns whether early stopping says to stop.
+  bool evaluate_and_checkpoint() {
+    bool improved = false;
+    if (validation_ != nullptr) {
+      const EvalResult eval = evaluate(*model_, *validation_, o_.batch_size, o_.device);
+      const EvalRecord record{state_.global_step, fractional_epoch(), eval.metrics};
+      state_.evaluations.push_back(record);
+      if (metrics_log_) metrics_log_->write({state_.global_step, record.epoch, "validation", eval.metrics});
+      // Tasks without the metric (regression, ...) fall back to the loss.
+      const std::string metric = eval.metrics.count(o_.metric_for_best) ? o_.metric_for_best : "loss";
+      const double value = eval.metrics.at(metric);
+      improved = !state_.best_metric || (lower_is_better(metric) ? value < *state_.best_metric : value > *state_.best_metric);
+      if (improved) {
+        state_.best_metric = value;
+        state_.best_step = state_.global_step;
+        state_.evaluations_without_improvement = 0;
+      } else {
+        ++state_.evaluations_without_improvement;
+      }
+      std::ostringstream line;
+      line << "step " << state_.global_step << " validation";
+      for (const auto& [name, v] : eval.metrics) line << " " << name << "=" << v;
+      say(line.str());
+    }
+    const fs::path dir = checkpoint();
+    if (improved && writes()) copy_checkpoint(dir, o_.output_dir / "best");
+    return o_.early_stopping_patience > 0 && state_.evaluations_without_improvement >= o_.early_stopping_patience;
+  }
+
+  fs::path checkpoint() {
+    const fs::path dir = o_.output_dir / ("checkpoint-" + std::to_string(state_.global_step));
+    if (writes()) write_checkpoint(dir, groups_, *optimizer_, state_);
+    result_.last_checkpoint = dir;
+    return dir;
+  }
+
+  void say(const std::string& line) {
+    if (progress_) progress_->message(line);
+  }
+
+  TrainResult finish(const std::string& status) {
+    if (progress_) progress_->finish();
+    if (parallel_ != nullptr) parallel_->barrier();  // every rank is done before any leaves
+    if (writes()) {
+      io::write_file_atomic(o_.output_dir / kTrainerStateFile, state_json(state_).dump(2) + "\n");
+      ChartOptions chart;
+      chart.title = "training curves";
+      chart.metric_label = o_.metric_for_best == "loss" ? "accuracy" : o_.metric_for_best;
+      write_svg(o_.output_dir / "curves.svg", chart_series(state_, o_.metric_for_best), chart);
+    }
+    result_.status = status;
+    result_.global_step = state_.global_step;
+    result_.epoch = fractional_epoch();
+    result_.train_loss = state_.train_loss;
+    result_.evaluations = state_.evaluations;
+    result_.best_metric = state_.best_metric;
+    if (fs::exists(o_.output_dir / "best")) result_.best_checkpoint = o_.output_dir / "best";
+    return result_;
+  }
+
+ private:
+  double fractional_epoch() const {
+    return static_cast<double>(state_.epoch) + static_cast<double>(state_.batch_in_epoch) / batches_per_epoch_;
+  }
+
+  const TrainerOptions& o_;
+  AdapterModel& model_;
+  const FeatureSet& train_;
+  const FeatureSet* validation_;
+  DataParallel* parallel_;
+  const ParameterGroups groups_;
+  const std::vector<Tensor> trainable_;
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  const Schedule schedule_;
+  TrainerState state_;
+  TrainResult result_;
+  int64_t batches_per_epoch_ = 0, total_steps_ = 0, warmup_steps_ = 0;
+  std::optional<MetricsLog> metrics_log_;
+  std::optional<ProgressBar> progress_;
+  double step_loss_ = 0, loss_since_log_ = 0;
+  int64_t steps_since_log_ = 0;
+  std::chrono::steady_clock::time_point last_log_time_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace
+
 Trainer::Trainer(TrainerOptions options) : options_(std::move(options)) { check_options(options_); }
 
 TrainResult Trainer::train(AdapterModel& model, const FeatureSet& train_set, const FeatureSet* validation) {
   const TrainerOptions& o = options_;
   ADAPTERS_CHECK(!train_set.features.empty(), "train: expected training features, found an empty set");
-  check_output_dir(o);
-  fs::create_directories(o.output_dir);
+  const bool main = o.parallel == nullptr || o.parallel->is_main();
+  if (o.parallel != nullptr) {
+    const auto world = static_cast<size_t>(o.parallel->world_size());
+    ADAPTERS_CHECK(o.batch_size % world == 0, "option batch_size (--batch-size) ", o.batch_size, " is not a multiple of the ",
+                   world, " processes: each takes an equal share of every batch");
+  }
+  if (main) {
+    check_output_dir(o);
+    fs::create_directories(o.output_dir);
+  }
   stop_requested_.store(false);
   SigintGuard sigint(o.handle_sigint);
 
   model->to(o.device);
   model->train(true);
-  const ParameterGroups groups = trainable_parameter_groups(*model);
-  const std::vector<Tensor> trainable = tensors_of(all_named(groups));
-  auto optimizer = make_adamw(groups, o.learning_rate, o.weight_decay);
-  const Schedule schedule = parse_schedule(o.schedule);
-
-  // Where the run starts: fresh, or where a checkpoint left off.
-  TrainerState state;
-  state.seed = o.seed;
-  if (!o.resume_from.empty()) {
-    state = read_trainer_state(o.resume_from);
-    load_trainable(groups, io::read_checkpoint(o.resume_from / kTrainableFile),
-                   (o.resume_from / kTrainableFile).string());
-    load_adamw_state(*optimizer, groups, io::read_checkpoint(o.resume_from / kOptimizerFile),
-                     (o.resume_from / kOptimizerFile).string());
-    if (state.seed != o.seed) log::warn(str("resume: using the checkpoint's seed ", state.seed, " (not ", o.seed, ")"));
-  }
-  const uint64_t seed = state.seed;
-  torch::manual_seed(seed);
-
-  const BatchOptions first_plan{o.batch_size, true, seed, o.bucket_by_length};
-  const int64_t batches_per_epoch = static_cast<int64_t>(plan_batches(train_set, first_plan).size());
-  const int64_t steps_per_epoch = (batches_per_epoch + o.grad_accumulation - 1) / o.grad_accumulation;
-  const int64_t total_steps = o.max_steps > 0 ? o.max_steps : o.epochs * steps_per_epoch;
-  const int64_t warmup_steps =
-      o.warmup_steps > 0 ? o.warmup_steps : static_cast<int64_t>(std::ceil(o.warmup_ratio * total_steps));
-
-  MetricsLog metrics_log(o.output_dir / "metrics.jsonl");
-  std::optional<ProgressBar> progress;
-  if (o.show_progress) {
-    ProgressOptions p;
-    p.total_steps = static_cast<size_t>(total_steps);
-    p.initial_step = static_cast<size_t>(state.global_step);
-    progress.emplace(std::cerr, p);
-  }
-  auto say = [&](const std::string& line) {
-    if (progress) progress->message(line);
-  };
-
-  TrainResult result;
-  result.total_steps = total_steps;
-  double loss_since_log = 0;
-  int64_t steps_since_log = 0;
-  auto fractional_epoch = [&] {
-    return static_cast<double>(state.epoch) + static_cast<double>(state.batch_in_epoch) / batches_per_epoch;
-  };
-  auto checkpoint = [&] {
-    const fs::path dir = o.output_dir / ("checkpoint-" + std::to_string(state.global_step));
-    write_checkpoint(dir, groups, *optimizer, state);
-    result.last_checkpoint = dir;
-    return dir;
-  };
-  // Evaluates (when there is validation data), logs, checkpoints and tracks the best; returns
-  // whether early stopping says to stop.
-  auto evaluate_and_checkpoint = [&] {
-    std::optional<EvalRecord> record;
-    bool improved = false;
-    if (validation != nullptr) {
-      const EvalResult eval = evaluate(*model, *validation, o.batch_size, o.device);
-      record = EvalRecord{state.global_step, fractional_epoch(), eval.metrics};
-      state.evaluations.push_back(*record);
-      metrics_log.write({state.global_step, record->epoch, "validation", eval.metrics});
-      // Tasks without the metric (regression, ...) fall back to the loss.
-      const std::string metric = eval.metrics.count(o.metric_for_best) ? o.metric_for_best : "loss";
-      const double value = eval.metrics.at(metric);
-      improved = !state.best_metric || (lower_is_better(metric) ? value < *state.best_metric : value > *state.best_metric);
-      if (improved) {
-        state.best_metric = value;
-        state.best_step = state.global_step;
-        state.evaluations_without_improvement = 0;
-      } else {
-        ++state.evaluations_without_improvement;
-      }
-      std::ostringstream line;
-      line << "step " << state.global_step << " validation";
-      for (const auto& [name, v] : eval.metrics) line << " " << name << "=" << v;
-      say(line.str());
-    }
-    const fs::path dir = checkpoint();
-    if (improved) copy_checkpoint(dir, o.output_dir / "best");
-    return o.early_stopping_patience > 0 && state.evaluations_without_improvement >= o.early_stopping_patience;
-  };
+  TrainingRun run(o, model, train_set, validation);
+  run.start();
 
   Bf16Autocast autocast(o.bf16, o.device);
   std::string status = "completed";
-  bool stop = state.global_step >= total_steps;
-  const int64_t start_epoch = state.epoch, start_batch = state.batch_in_epoch;
+  bool stop = run.state().global_step >= run.total_steps();
+  const int64_t start_epoch = run.state().epoch, start_batch = run.state().batch_in_epoch;
+  const uint64_t seed = run.state().seed;
   for (int64_t epoch = start_epoch; !stop; ++epoch) {
     const auto plan = plan_batches(train_set, {o.batch_size, true, seed + static_cast<uint64_t>(epoch), o.bucket_by_length});
     const int64_t n = static_cast<int64_t>(plan.size());
     for (int64_t b = epoch == start_epoch ? start_batch : 0; b < n && !stop; ++b) {
-      // One micro-batch: forward, backward with the loss scaled by its accumulation group's size.
       const int64_t group_start = b - b % o.grad_accumulation;
       const int64_t group_size = std::min<int64_t>(o.grad_accumulation, n - group_start);
-      torch::manual_seed(micro_batch_seed(seed, epoch, b));
-      const Batch batch = collate(train_set, plan[static_cast<size_t>(b)]);
-      ForwardOptions forward;
-      forward.head_inputs = to_head_inputs(batch, train_set.task, o.device);
-      forward.adapter_per_row = batch.adapters;  // multi-tenant data: each row trains its own adapter
-      const ModelOutput out = model->forward(inputs_for(*model, batch, o.device), forward);
-      ADAPTERS_CHECK(out.loss.defined(), "train: the model returned no loss (expected an active head for task ",
-                     to_string(train_set.task), ")");
-      (out.loss / static_cast<double>(group_size)).backward();
-      loss_since_log += out.loss.item<double>() / static_cast<double>(group_size);
+      run.micro_batch(plan[static_cast<size_t>(b)], epoch, b, group_size);
       if (b + 1 != group_start + group_size) continue;
 
-      // One optimizer step.
-      if (o.max_grad_norm > 0) torch::nn::utils::clip_grad_norm_(trainable, o.max_grad_norm);
-      set_learning_rate(*optimizer, o.learning_rate * lr_multiplier(schedule, state.global_step, warmup_steps, total_steps));
-      optimizer->step();
-      optimizer->zero_grad();
-      ++state.global_step;
-      ++steps_since_log;
-      // Where a resumed run would continue: the next micro-batch.
-      state.epoch = b + 1 == n ? epoch + 1 : epoch;
-      state.batch_in_epoch = b + 1 == n ? 0 : b + 1;
-      if (progress) progress->update(static_cast<size_t>(state.global_step), loss_since_log / steps_since_log);
-      if (steps_since_log >= std::max<int64_t>(1, o.log_every) || state.global_step == total_steps) {
-        const double mean = loss_since_log / steps_since_log;
-        state.train_loss.emplace_back(state.global_step, mean);
-        metrics_log.write({state.global_step, fractional_epoch(), "train",
-                           {{"loss", mean}, {"learning_rate", optimizer->param_groups()[0].options().get_lr()}}});
-        loss_since_log = 0;
-        steps_since_log = 0;
-      }
-      if (o.on_step) o.on_step(state.global_step);
+      run.reduce_gradients();
+      run.optimizer_step();
+      if (o.on_step) o.on_step(run.state().global_step);
+      const bool stop_requested = run.agree(g_sigint.load() || stop_requested_.load());
+      run.record_step(epoch, b, n);
 
       const bool epoch_done = b + 1 == n;
-      const bool last = state.global_step >= total_steps;
-      const bool due = o.eval_every_steps > 0 ? state.global_step % o.eval_every_steps == 0 : epoch_done;
+      const bool last = run.state().global_step >= run.total_steps();
+      const bool due = o.eval_every_steps > 0 ? run.state().global_step % o.eval_every_steps == 0 : epoch_done;
       if (due || last) {
-        if (evaluate_and_checkpoint() && !last) {
+        if (run.evaluate_and_checkpoint() && !last) {
           status = "early_stopped";
           stop = true;
         }
       }
       if (last) stop = true;
-      if (!stop && (g_sigint.load() || stop_requested_.load())) {
-        if (!(due || last)) checkpoint();
-        say(str("stopped at step ", state.global_step, "; resume from ", result.last_checkpoint.string()));
+      if (!stop && stop_requested) {
+        if (!(due || last)) run.checkpoint();
+        run.say(str("stopped at step ", run.state().global_step, "; resume from ",
+                    (o.output_dir / ("checkpoint-" + std::to_string(run.state().global_step))).string()));
         status = "interrupted";
         stop = true;
       }
     }
   }
-  if (progress) progress->finish();
-
-  io::write_file_atomic(o.output_dir / kTrainerStateFile, state_json(state).dump(2) + "\n");
-  ChartOptions chart;
-  chart.title = "training curves";
-  chart.metric_label = o.metric_for_best == "loss" ? "accuracy" : o.metric_for_best;
-  write_svg(o.output_dir / "curves.svg", chart_series(state, o.metric_for_best), chart);
-
-  result.status = status;
-  result.global_step = state.global_step;
-  result.epoch = fractional_epoch();
-  result.train_loss = state.train_loss;
-  result.evaluations = state.evaluations;
-  result.best_metric = state.best_metric;
-  if (fs::exists(o.output_dir / "best")) result.best_checkpoint = o.output_dir / "best";
-  return result;
+  return run.finish(status);
 }
 
 }  // namespace adapters::train

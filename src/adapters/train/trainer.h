@@ -26,6 +26,7 @@
 
 #include "adapters/model.h"
 #include "adapters/train/data.h"
+#include "adapters/train/distributed.h"
 
 namespace adapters::train {
 
@@ -128,6 +129,10 @@ struct TrainerOptions {
   // Called after every optimizer step with the global step (1-based); tests use it to stop a run
   // (Trainer::request_stop) at a known step.
   std::function<void(int64_t step)> on_step;
+  // Data parallelism over several processes (distributed.h); none: this process alone. Each rank
+  // takes an equal share of every batch of batch_size (which the world size must divide), the
+  // trainable gradients are averaged after the backward passes of a step, and rank 0 alone writes.
+  std::shared_ptr<DataParallel> parallel;
 };
 
 struct EvalRecord {
@@ -146,6 +151,7 @@ struct TrainResult {
   std::optional<double> best_metric;
   std::filesystem::path best_checkpoint;  // output_dir/best, when there was an evaluation
   std::filesystem::path last_checkpoint;  // the latest checkpoint-<step>
+  int64_t reduced_bytes_per_step = 0;     // gradient bytes all-reduced per optimizer step (data parallel)
 };
 
 // Where a run stands; trainer_state.json of a checkpoint.
