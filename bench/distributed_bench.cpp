@@ -119,12 +119,12 @@ int main(int argc, char** argv) {
   std::printf("BERT-base shapes, global batch %lld x %lld tokens, %d steps (the first not timed), libtorch %s, %u cores\n\n",
               static_cast<long long>(kBatch), static_cast<long long>(kTokens), steps, TORCH_VERSION,
               std::thread::hardware_concurrency());
-  std::printf("%-8s %16s %16s %8s %20s %20s\n", "method", "1 proc ex/s", "2 procs ex/s", "ratio", "all-reduced B/step",
+  std::printf("%-10s %16s %16s %8s %20s %20s\n", "method", "1 proc ex/s", "2 procs ex/s", "ratio", "all-reduced B/step",
               "full model B/step");
   for (const std::string method : {"seq_bn", "lora[r=8]"}) {
     const Measured one = train_steps(method, steps, nullptr);
     const Measured two = two_processes(method, steps);
-    std::printf("%-8s %16.2f %16.2f %7.2fx %20lld %20lld\n", method.substr(0, 6).c_str(), one.examples_per_second,
+    std::printf("%-10s %16.2f %16.2f %7.2fx %20lld %20lld\n", method.c_str(), one.examples_per_second,
                 two.examples_per_second, two.examples_per_second / one.examples_per_second,
                 static_cast<long long>(two.reduced_bytes), static_cast<long long>(two.full_bytes));
   }
