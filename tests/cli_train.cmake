@@ -40,6 +40,15 @@ list(LENGTH labels n)
 if(NOT rc EQUAL 0 OR NOT n EQUAL 2)
   message(FATAL_ERROR "adapters predict exited ${rc}, ${n} labels: ${out} ${err}")
 endif()
+# A learning rate that is not finite or not positive is refused by name, never replaced by the default.
+foreach(lr nan -1 inf)
+  execute_process(COMMAND ${ADAPTERS} train ${common} --adapter-config lora --train ${DATA}/train.jsonl --output ${OUT}/lr
+                          --lr ${lr} --no-progress
+                  RESULT_VARIABLE rc OUTPUT_QUIET ERROR_VARIABLE err)
+  if(NOT rc EQUAL 1 OR NOT err MATCHES "learning_rate \\(--lr\\)")
+    message(FATAL_ERROR "expected exit 1 naming --lr for --lr ${lr}, found ${rc}: ${err}")
+  endif()
+endforeach()
 # Usage errors exit 2; a malformed data line exits 1 naming file and line.
 execute_process(COMMAND ${ADAPTERS} train --no-such-option RESULT_VARIABLE rc OUTPUT_QUIET ERROR_QUIET)
 if(NOT rc EQUAL 2)

@@ -7,8 +7,13 @@
 #include <cmath>
 #include <csignal>
 #include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
 #include <random>
 #include <set>
+
+#include <nlohmann/json.hpp>
 
 #include <sys/resource.h>
 
@@ -275,6 +280,58 @@ TEST(Trainer, RefusesAnOutputDirHoldingARun) {
   EXPECT_NE(message.find("resume_from"), std::string::npos) << message;
   run.options.overwrite = true;
   EXPECT_EQ(Trainer(run.options).train(run.model, train).status, "completed");
+}
+
+// Options that are not finite or out of range are refused by name, never clamped or replaced
+// by a default (an infinite learning rate trained to an all-NaN adapter).
+TEST(Trainer, RefusesOptionsThatAreNotFiniteOrOutOfRange) {
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::nan("");
+  const std::vector<std::pair<std::function<void(TrainerOptions&)>, std::string>> cases = {
+      {[&](TrainerOptions& o) { o.learning_rate = inf; }, "option learning_rate (--lr)"},
+      {[&](TrainerOptions& o) { o.learning_rate = nan; }, "option learning_rate (--lr)"},
+      {[&](TrainerOptions& o) { o.learning_rate = -1; }, "option learning_rate (--lr)"},
+      {[&](TrainerOptions& o) { o.weight_decay = nan; }, "option weight_decay"},
+      {[&](TrainerOptions& o) { o.warmup_ratio = nan; }, "option warmup_ratio"},
+      {[&](TrainerOptions& o) { o.max_grad_norm = inf; }, "option max_grad_norm"},
+      {[&](TrainerOptions& o) { o.max_steps = -1; }, "option max_steps (--max-steps)"},
+      {[&](TrainerOptions& o) { o.eval_every_steps = -5; }, "option eval_every_steps (--eval-every)"},
+  };
+  for (const auto& [set, name] : cases) {
+    TrainerOptions o = quick_options(fresh_dir("bad_options"));
+    set(o);
+    const std::string message = error_of([&] { Trainer{o}; });
+    EXPECT_NE(message.find(name), std::string::npos) << message;
+  }
+}
+
+// A step whose loss is not finite stops the run with an error naming the step; nothing of it is
+// saved (no checkpoint, no NaN weights written).
+TEST(Trainer, ANonFiniteLossStopsTheRunNamingTheStep) {
+  AdapterModel model = tiny_model("lora[r=8]");
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& item : model->named_parameters()) {
+      if (item.key().rfind("heads.", 0) == 0) item.value().fill_(std::nan(""));  // the head's weights
+    }
+  }
+  TrainerOptions o = quick_options(fresh_dir("nan_loss"));
+  const std::string message = error_of([&] { Trainer(o).train(model, marker_task(32, 3)); });
+  EXPECT_NE(message.find("the loss is not finite (nan) at step 1"), std::string::npos) << message;
+  EXPECT_FALSE(fs::exists(o.output_dir / "checkpoint-1"));
+}
+
+// A checkpoint whose trainer state no run reaches is refused, naming the file and the key.
+TEST(Trainer, RefusesAnImpossibleCheckpointState) {
+  const FeatureSet train = marker_task(16, 7);
+  OneEpochRun run = one_epoch_run("impossible", train);
+  const fs::path checkpoint = run.options.output_dir / "checkpoint-1";
+  ASSERT_TRUE(fs::exists(checkpoint / kTrainerStateFile));
+  nlohmann::json state = nlohmann::json::parse(std::ifstream(checkpoint / kTrainerStateFile));
+  state["batch_in_epoch"] = -3;
+  std::ofstream(checkpoint / kTrainerStateFile) << state.dump();
+  const std::string message = error_of([&] { read_trainer_state(checkpoint); });
+  EXPECT_NE(message.find("key 'batch_in_epoch' must be >= 0, found -3"), std::string::npos) << message;
+  EXPECT_NE(message.find(kTrainerStateFile), std::string::npos) << message;
 }
 
 TEST(Trainer, WeightDecaySkipsBiasesAndNorms) {

@@ -207,7 +207,7 @@ struct TrainArgs {
   std::string device = "cpu", dtype = "float32";
   tr::TrainerOptions trainer;
   std::string resume;
-  double learning_rate = 0;  // 0: 1e-3 for adapters, 1e-4 for full fine-tuning
+  std::optional<double> learning_rate;  // none: 1e-3 for adapters, 1e-4 for full fine-tuning
   int nproc = 1;             // worker processes on this machine (data parallel)
 };
 
@@ -368,11 +368,12 @@ TrainOutcome run_training(const TrainArgs& a, const DataArgs& d) {
   }
 
   tr::TrainerOptions options = a.trainer;
-  options.learning_rate = a.learning_rate > 0 ? a.learning_rate : (a.full ? 1e-4 : 1e-3);
+  options.learning_rate = a.learning_rate.value_or(a.full ? 1e-4 : 1e-3);
   options.output_dir = a.output;
   options.device = device;
   if (!a.resume.empty()) options.resume_from = a.resume;
   if (!validation) options.metric_for_best = "loss";
+  tr::Trainer check(options);  // bad options fail here, before the ranks meet
   options.parallel = join_world(device);
 
   TrainOutcome out;
@@ -817,6 +818,8 @@ AdapterModel pretrain_model(const PretrainArgs& a, const models::ModelConfig& co
 // on biases and norms), linear warm-up then linear decay to 10%, clipping at 1.0; saves the base
 // model's weights every --save-every minutes and at the end.
 void run_pretraining(PretrainArgs a) {
+  ADAPTERS_CHECK(std::isfinite(a.learning_rate) && a.learning_rate > 0 && a.learning_rate <= 10,
+                 "--lr: expected a finite learning rate in (0, 10], found ", a.learning_rate);
   use_threads(a.threads);
   keep_freed_memory();
   const std::shared_ptr<tr::DataParallel> parallel = join_world(torch::kCPU);

@@ -489,11 +489,23 @@ void clear_run(const fs::path& dir) {
 
 TrainerState read_trainer_state(const fs::path& checkpoint_dir) {
   const fs::path file = checkpoint_dir / kTrainerStateFile;
+  TrainerState state;
   try {
-    return state_from_json(nlohmann::json::parse(io::read_text_file(file)));
+    state = state_from_json(nlohmann::json::parse(io::read_text_file(file)));
   } catch (const nlohmann::json::exception& e) {
-    throw Error(str(file.string(), ": not a trainer state (", e.what(), ")"));
+    throw Error(str(file.string(), ": not a trainer state (", std::string(e.what()).substr(0, 200), ")"));
   }
+  // A position no run reaches: refused rather than resumed from.
+  for (const auto& [key, value] : {std::pair<const char*, int64_t>{"global_step", state.global_step},
+                                   {"epoch", state.epoch},
+                                   {"batch_in_epoch", state.batch_in_epoch},
+                                   {"evaluations_without_improvement", state.evaluations_without_improvement},
+                                   {"best_step", state.best_step}}) {
+    ADAPTERS_CHECK(value >= 0, file.string(), ": key '", key, "' must be >= 0, found ", value);
+  }
+  ADAPTERS_CHECK(state.best_step <= state.global_step, file.string(), ": key 'best_step' (", state.best_step,
+                 ") lies after 'global_step' (", state.global_step, ")");
+  return state;
 }
 
 // ---- the loop's helpers -------------------------------------------------------------------------
@@ -571,12 +583,26 @@ bool lower_is_better(const std::string& metric) { return metric == "loss"; }
 void check_options(const TrainerOptions& o) {
   ADAPTERS_CHECK(!o.output_dir.empty(), "option output_dir: expected a folder for checkpoints and logs, found none");
   ADAPTERS_CHECK(o.batch_size > 0, "option batch_size: expected > 0, found ", o.batch_size);
+  for (const auto& [name, value] : {std::pair<const char*, int64_t>{"epochs (--epochs)", o.epochs},
+                                    {"max_steps (--max-steps)", o.max_steps},
+                                    {"eval_every_steps (--eval-every)", o.eval_every_steps},
+                                    {"warmup_steps", o.warmup_steps},
+                                    {"early_stopping_patience (--patience)", o.early_stopping_patience},
+                                    {"log_every", o.log_every}}) {
+    ADAPTERS_CHECK(value >= 0, "option ", name, ": expected >= 0, found ", value);
+  }
   ADAPTERS_CHECK(o.epochs > 0 || o.max_steps > 0, "options epochs / max_steps: expected one > 0, found ", o.epochs,
                  " / ", o.max_steps);
   ADAPTERS_CHECK(o.grad_accumulation > 0, "option grad_accumulation: expected > 0, found ", o.grad_accumulation);
-  ADAPTERS_CHECK(o.learning_rate > 0, "option learning_rate: expected > 0, found ", o.learning_rate);
-  ADAPTERS_CHECK(o.warmup_ratio >= 0 && o.warmup_ratio <= 1, "option warmup_ratio: expected [0, 1], found ",
-                 o.warmup_ratio);
+  // Not finite or out of range trains to NaN weights or does nothing: refused, never clamped.
+  ADAPTERS_CHECK(std::isfinite(o.learning_rate) && o.learning_rate > 0 && o.learning_rate <= 10,
+                 "option learning_rate (--lr): expected a finite value in (0, 10], found ", o.learning_rate);
+  ADAPTERS_CHECK(std::isfinite(o.weight_decay) && o.weight_decay >= 0 && o.weight_decay <= 1,
+                 "option weight_decay (--weight-decay): expected a finite value in [0, 1], found ", o.weight_decay);
+  ADAPTERS_CHECK(std::isfinite(o.warmup_ratio) && o.warmup_ratio >= 0 && o.warmup_ratio <= 1,
+                 "option warmup_ratio (--warmup-ratio): expected [0, 1], found ", o.warmup_ratio);
+  ADAPTERS_CHECK(std::isfinite(o.max_grad_norm), "option max_grad_norm (--max-grad-norm): expected a finite value ",
+                 "(<= 0: no clipping), found ", o.max_grad_norm);
   ADAPTERS_CHECK(o.metric_for_best == "accuracy" || o.metric_for_best == "macro_f1" || o.metric_for_best == "loss",
                  "option metric_for_best: expected accuracy, macro_f1 or loss, found '", o.metric_for_best, "'");
   parse_schedule(o.schedule);
@@ -702,8 +728,12 @@ class TrainingRun {
     ADAPTERS_CHECK(out.loss.defined(), "train: the model returned no loss (expected an active head for task ",
                    to_string(train_.task), ")");
     const Tensor loss = parallel_ != nullptr ? out.loss * weight : out.loss;
+    const double value = loss.item<double>();
+    ADAPTERS_CHECK(std::isfinite(value), "train: the loss is not finite (", value, ") at step ", state_.global_step + 1,
+                   " (epoch ", epoch + 1, ", batch ", b + 1, "); nothing of this step is saved (lower --lr, or check the ",
+                   "data and the model in float32)");
     (loss / static_cast<double>(group_size)).backward();
-    step_loss_ += loss.item<double>() / static_cast<double>(group_size);
+    step_loss_ += value / static_cast<double>(group_size);
   }
 
   // The one place after backward where gradients cross processes: averaged over the ranks.
@@ -729,6 +759,11 @@ class TrainingRun {
     optimizer_->step();
     optimizer_->zero_grad();
     ++state_.global_step;
+    // A step that made a weight NaN or infinite (an overflow) stops the run before it is saved.
+    for (const auto& p : trainable_) {
+      ADAPTERS_CHECK(torch::isfinite(p).all().item<bool>(), "train: step ", state_.global_step,
+                     " made a trainable weight not finite; nothing of this step is saved (lower --lr or --max-grad-norm)");
+    }
   }
 
   // The step's loss and the stop requests (Ctrl-C on any rank) agreed over the ranks; returns
