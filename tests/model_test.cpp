@@ -107,6 +107,23 @@ TEST_P(ArchTest, TrainAdapterLeavesOnlyTheAdapterTrainable) {
   }
 }
 
+// Tensors of a checkpoint the model does not use are not loaded, and a warning names them (as HF
+// warns), so that a checkpoint of another architecture or class does not pass unnoticed.
+TEST(ModelTest, UnusedCheckpointTensorsAreNamedInAWarning) {
+  TempDir tmp;
+  fs::create_directories(tmp.path() / "model");
+  fs::copy_file(model_dir("bert") / "config.json", tmp.path() / "model" / "config.json");
+  io::TensorMap weights = io::read_checkpoint(model_dir("bert") / "model.safetensors");
+  weights["bert.encoder.layer.0.attention.self.extra_scale"] = torch::ones({4});
+  io::write_safetensors(tmp.path() / "model" / "model.safetensors", weights);
+  ::testing::internal::CaptureStderr();
+  load_pretrained(tmp.path() / "model");
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("model does not use were not loaded: bert.encoder.layer.0.attention.self.extra_scale"),
+            std::string::npos)
+      << err;
+}
+
 TEST(ModelTest, LoadAsRenamesTheAdapter) {
   AdapterModel model = load_pretrained(model_dir("bert"));
   TempDir tmp;

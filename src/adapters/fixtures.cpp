@@ -266,7 +266,9 @@ std::vector<CaseResult> run(const Options& options) {
   }
   json counts = {{"ok", 0}, {"error", 0}, {"unsupported", 0}};
   for (const auto& r : results) counts[r.status] = counts[r.status].get<int>() + 1;
-  io::write_file_atomic(options.out / "report.json", json{{"cases", report}, {"counts", counts}}.dump(1));
+  // Invalid UTF-8 in a name or message is replaced (U+FFFD), so that one bad case never loses the report.
+  io::write_file_atomic(options.out / "report.json",
+                        json{{"cases", report}, {"counts", counts}}.dump(1, ' ', false, json::error_handler_t::replace));
   return results;
 }
 

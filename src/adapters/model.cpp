@@ -625,7 +625,11 @@ AdapterModel load_pretrained(const fs::path& dir, const std::string& static_head
     skipped.erase(std::remove_if(skipped.begin(), skipped.end(), [&](const auto& k) { return used.count(k) > 0; }),
                   skipped.end());
   }
-  if (!skipped.empty()) log::info(str(weights.string(), ": keys outside the base model, not loaded: ", join(skipped)));
+  // As HF warns: weights the model does not use are often a sign of the wrong architecture or class.
+  if (!skipped.empty()) {
+    log::warn(str(weights.string(), ": ", skipped.size(), " tensors the ", config.model_type,
+                  " model does not use were not loaded: ", join(skipped)));
+  }
   model->eval();
   return model;
 }
