@@ -5,7 +5,10 @@
 // resumes to the adapter of the uninterrupted run; a batch the ranks cannot share is refused.
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -148,12 +151,24 @@ std::string read_text(const fs::path& file) {
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
-int port_for(int offset) { return 20000 + static_cast<int>(::getpid() % 20000) + offset; }
+// A TCP port on loopback that is free now (the kernel's pick), for rank 0's rendezvous.
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(address);
+  const bool ok = fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
+  if (fd >= 0) ::close(fd);
+  EXPECT_TRUE(ok) << "no free port on 127.0.0.1";
+  return ntohs(address.sin_port);
+}
 
 TEST(Distributed, ALostRankIsNamedByTheOthers) {
   const fs::path out = fresh_dir("lost");
   const std::string command = train_command("seq_bn", out, "", 100000);
-  const int port = port_for(1);
+  const int port = free_port();
   const pid_t rank0 = start_worker(command, 0, port, out.string() + ".rank0.err");
   const pid_t rank1 = start_worker(command, 1, port, out.string() + ".rank1.err");
   ASSERT_TRUE(training_started(out)) << read_text(out.string() + ".rank0.err");
@@ -167,7 +182,7 @@ TEST(Distributed, ALostRankIsNamedByTheOthers) {
 TEST(Distributed, CtrlCOnOneRankStopsBothWithACheckpointThatResumes) {
   const fs::path out = fresh_dir("interrupted");
   const std::string command = train_command("seq_bn", out, "", 200);
-  const int port = port_for(2);
+  const int port = free_port();
   const pid_t rank0 = start_worker(command, 0, port, out.string() + ".rank0.err");
   const pid_t rank1 = start_worker(command, 1, port, out.string() + ".rank1.err");
   ASSERT_TRUE(training_started(out)) << read_text(out.string() + ".rank0.err");
