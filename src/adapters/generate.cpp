@@ -54,6 +54,18 @@ std::int64_t config_token(const models::ModelConfig& c, const char* key) {
 
 }  // namespace
 
+namespace {
+
+// Prompt tuning joined after the embeddings (AdapterHub's combine) has no place in a cached step.
+[[noreturn]] void refuse_prompt_after_embeddings(const AdapterModelImpl& model, const std::string& name) {
+  throw NotSupported(str("generate: adapter '", name, "' is a prompt-tuning adapter joined after the embeddings ",
+                         "(combine \"", model.adapter_config(name).values.value("combine", ""), "\"); generating ",
+                         "with it is not supported"),
+                     "PEFT's placement (combine \"input\") generates");
+}
+
+}  // namespace
+
 std::int64_t input_prompt_length(const AdapterModelImpl& model, const Block* setup) {
   return soft_tokens(model, setup, 0).prompt;
 }
@@ -248,14 +260,9 @@ generation::GenerateOutput generate(AdapterModelImpl& model, const Tensor& input
   if (!adapter_per_row.empty()) {
     check_adapter_per_row(model, adapter_per_row, input_ids.size(0));
     for (const auto& name : adapter_per_row) {
-      const Block single = Block::adapter(name);
-      if (name != kNoAdapter && model.adapter_config(name).method == "prompt_tuning" &&
-          input_prompt_length(model, &single) == 0) {
-        throw NotSupported(str("generate: adapter '", name, "' is a prompt-tuning adapter joined after the embeddings ",
-                               "(combine \"", model.adapter_config(name).values.value("combine", ""), "\"); generating ",
-                               "with it is not supported"),
-                           "PEFT's placement (combine \"input\") generates");
-      }
+      if (name == kNoAdapter) continue;
+      const methods::AdapterConfig& config = model.adapter_config(name);
+      if (config.method == "prompt_tuning" && !is_input_prompt(config)) refuse_prompt_after_embeddings(model, name);
     }
     grouped.emplace();
     grouped->groups = group_rows(adapter_per_row);
@@ -267,10 +274,7 @@ generation::GenerateOutput generate(AdapterModelImpl& model, const Tensor& input
     for (const auto& name : setup->flatten()) {
       if (model.has_adapter(name) && model.adapter_config(name).method == "prompt_tuning" &&
           input_prompt_length(model, &*setup) == 0) {
-        throw NotSupported(str("generate: adapter '", name, "' is a prompt-tuning adapter joined after the embeddings ",
-                               "(combine \"", model.adapter_config(name).values.value("combine", ""), "\"); generating ",
-                               "with it is not supported"),
-                           "PEFT's placement (combine \"input\") generates");
+        refuse_prompt_after_embeddings(model, name);
       }
     }
     channels = composition::parallel_channels(*setup);

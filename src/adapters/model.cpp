@@ -249,8 +249,7 @@ void AdapterModelImpl::add_adapter(const std::string& name, const methods::Adapt
   }
   const auto& method = methods::method_spec(config.method);
   // Soft tokens joined at the input (PEFT's prompt tuning) are input tokens: every text model takes them.
-  const bool input_prompt = config.method == "prompt_tuning" && config.values.value("combine", std::string()) == "input" &&
-                            arch_->input == models::InputKind::Text;
+  const bool input_prompt = is_input_prompt(config) && arch_->input == models::InputKind::Text;
   if (auto refused = arch_->unsupported_methods.find(config.method);
       refused != arch_->unsupported_methods.end() && !input_prompt) {
     throw NotSupported(str("add_adapter '", name, "': ", config.method, " is not supported on ", arch_->model_type, ": ",

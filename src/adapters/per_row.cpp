@@ -51,14 +51,15 @@ RowGroups group_rows(const std::vector<std::string>& names) {
   return r;
 }
 
-namespace {
-
 bool is_past_prefix(const methods::AdapterConfig& c) {
   return c.method == "prefix_tuning" && c.values.value("placement", std::string()) == "past";
 }
+
 bool is_input_prompt(const methods::AdapterConfig& c) {
   return c.method == "prompt_tuning" && c.values.value("combine", std::string()) == "input";
 }
+
+namespace {
 
 // One row group's soft tokens: the member's past prefix (adapter or Stack) and, when its first
 // adapter is an input prompt, that prompt.

@@ -60,6 +60,11 @@ struct SoftTokens {
   torch::Tensor join_prompt_mask(const torch::Tensor& mask, std::int64_t batch, std::int64_t T,
                                  const torch::Device& device) const;
 };
+// PEFT's soft tokens by adapter config: prefix tuning with placement "past" (in the key/value
+// cache), prompt tuning with combine "input" (before the embedding layer).
+bool is_past_prefix(const methods::AdapterConfig& config);
+bool is_input_prompt(const methods::AdapterConfig& config);
+
 // The soft tokens of `setup` (nullptr: none) over `batch` rows. Throws NotSupported for a past
 // prefix in a block other than an adapter, a Stack or a BatchSplit of those (one cache holds one
 // prefix per row), or for two of them in one row.
