@@ -1,7 +1,8 @@
 // Benchmark: data-parallel adapter training with 1 and 2 processes on this machine (Gloo on
 // loopback), BERT-base shapes with random weights, a global batch of 16 x 128 tokens, seq_bn and
 // LoRA r8: examples/s of each run side by side, and the gradient bytes all-reduced per optimizer
-// step against what full fine-tuning would send. Two processes on two cores each get one thread.
+// step against what full fine-tuning would send, and how many of the step's all-reduces started while
+// backward still ran (the overlap). Two processes on two cores each get one thread.
 // Usage: distributed_bench [steps]
 #include <unistd.h>
 #include <sys/wait.h>
@@ -44,6 +45,7 @@ train::FeatureSet random_features(std::int64_t vocab) {
 struct Measured {
   double examples_per_second = 0;
   std::int64_t reduced_bytes = 0, full_bytes = 0;
+  std::int64_t buckets = 0, overlapped = 0;  // all-reduces per step, and those started during backward
 };
 
 // Trains `steps` steps of `method` in this process (a rank when options.parallel is set); the
@@ -74,6 +76,8 @@ Measured train_steps(const std::string& method, int steps, std::shared_ptr<train
   const double seconds = std::chrono::duration<double>(times.back() - times.front()).count();
   m.examples_per_second = kBatch * static_cast<double>(times.size() - 1) / seconds;
   m.reduced_bytes = result.reduced_bytes_per_step;
+  m.buckets = result.gradient_buckets;
+  m.overlapped = result.buckets_during_backward;
   return m;
 }
 
@@ -99,7 +103,7 @@ Measured two_processes(const std::string& method, int steps) {
   for (pid_t pid : workers) ::waitpid(pid, nullptr, 0);
   Measured m;
   std::ifstream in(result);
-  in >> m.examples_per_second >> m.reduced_bytes >> m.full_bytes;
+  in >> m.examples_per_second >> m.reduced_bytes >> m.full_bytes >> m.buckets >> m.overlapped;
   fs::remove(result);
   return m;
 }
@@ -112,21 +116,23 @@ int main(int argc, char** argv) {
     torch::set_num_threads(1);
     auto parallel = std::make_shared<train::DataParallel>(*env, torch::kCPU);
     const Measured m = train_steps(argv[2], steps, parallel);
-    if (parallel->is_main()) std::ofstream(std::getenv("BENCH_RESULT")) << m.examples_per_second << ' ' << m.reduced_bytes << ' ' << m.full_bytes;
+    if (parallel->is_main()) std::ofstream(std::getenv("BENCH_RESULT")) << m.examples_per_second << ' ' << m.reduced_bytes << ' ' << m.full_bytes
+                                                       << ' ' << m.buckets << ' ' << m.overlapped;
     return 0;
   }
   torch::set_num_threads(2);
   std::printf("BERT-base shapes, global batch %lld x %lld tokens, %d steps (the first not timed), libtorch %s, %u cores\n\n",
               static_cast<long long>(kBatch), static_cast<long long>(kTokens), steps, TORCH_VERSION,
               std::thread::hardware_concurrency());
-  std::printf("%-10s %16s %16s %8s %20s %20s\n", "method", "1 proc ex/s", "2 procs ex/s", "ratio", "all-reduced B/step",
-              "full model B/step");
+  std::printf("%-10s %16s %16s %8s %20s %20s %24s\n", "method", "1 proc ex/s", "2 procs ex/s", "ratio", "all-reduced B/step",
+              "full model B/step", "buckets (during backward)");
   for (const std::string method : {"seq_bn", "lora[r=8]"}) {
     const Measured one = train_steps(method, steps, nullptr);
     const Measured two = two_processes(method, steps);
-    std::printf("%-10s %16.2f %16.2f %7.2fx %20lld %20lld\n", method.c_str(), one.examples_per_second,
+    std::printf("%-10s %16.2f %16.2f %7.2fx %20lld %20lld %18lld (%lld)\n", method.c_str(), one.examples_per_second,
                 two.examples_per_second, two.examples_per_second / one.examples_per_second,
-                static_cast<long long>(two.reduced_bytes), static_cast<long long>(two.full_bytes));
+                static_cast<long long>(two.reduced_bytes), static_cast<long long>(two.full_bytes),
+                static_cast<long long>(two.buckets), static_cast<long long>(two.overlapped));
   }
   return 0;
 }

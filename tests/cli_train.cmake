@@ -85,6 +85,38 @@ execute_process(COMMAND ${ADAPTERS} pretrain --objective causal --config ${MODEL
 if(NOT rc EQUAL 1 OR NOT err MATCHES "expected a decoder")
   message(FATAL_ERROR "expected exit 1 naming a decoder for --objective causal on an encoder, found ${rc}: ${err}")
 endif()
+# `pretrain` (masked LM, the default objective) through the trainer: the loss falls, the weights
+# and the trainer's checkpoint land in --out; a second run there is refused unless --overwrite.
+execute_process(COMMAND ${ADAPTERS} pretrain --config ${MODEL}/config.json --tokenizer ${TOKENIZER}
+                        --corpus ${OUT}/corpus.txt --out ${OUT}/masked --max-steps 30 --batch-size 8 --max-length 12
+                        --lr 3e-3 --warmup-steps 3 --save-every 0 --threads 1 --no-progress
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0 OR NOT err MATCHES "first loss ([0-9.]+), final loss ([0-9.]+)")
+  message(FATAL_ERROR "adapters pretrain (masked) exited ${rc}: ${out} ${err}")
+endif()
+set(first ${CMAKE_MATCH_1})
+set(final ${CMAKE_MATCH_2})
+if(NOT final LESS first OR NOT EXISTS ${OUT}/masked/model.safetensors OR NOT EXISTS ${OUT}/masked/checkpoint-30/optimizer.safetensors)
+  message(FATAL_ERROR "masked pretraining: loss ${first} -> ${final}; expected model.safetensors and checkpoint-30 in ${OUT}/masked")
+endif()
+execute_process(COMMAND ${ADAPTERS} pretrain --config ${MODEL}/config.json --tokenizer ${TOKENIZER}
+                        --corpus ${OUT}/corpus.txt --out ${OUT}/masked --max-steps 1 --threads 1 --no-progress
+                RESULT_VARIABLE rc OUTPUT_QUIET ERROR_VARIABLE err)
+if(NOT rc EQUAL 1 OR NOT err MATCHES "overwrite")
+  message(FATAL_ERROR "expected exit 1 naming --overwrite for pretraining into a run, found ${rc}: ${err}")
+endif()
+# `train --task masked_lm`: an adapter trained on the texts' masked tokens, saved with its head.
+execute_process(COMMAND ${ADAPTERS} train ${common} --task masked_lm --adapter-config seq_bn --train ${DATA}/train.jsonl
+                        --validation ${DATA}/validation.jsonl --output ${OUT}/mlm --max-steps 3 --batch-size 8 --no-progress
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "adapters train --task masked_lm exited ${rc}: ${out} ${err}")
+endif()
+file(READ ${OUT}/mlm/adapter/head_config.json head)
+file(READ ${OUT}/mlm/metrics.jsonl metrics)
+if(NOT head MATCHES "masked_lm" OR NOT metrics MATCHES "perplexity")
+  message(FATAL_ERROR "train --task masked_lm: head ${head}, metrics ${metrics}")
+endif()
 # One adapter per example (multi-tenant training): the tenant column names each example's adapter;
 # every named adapter trains in the same batches, one adapter per row, and is saved on its own
 # beside the head they share.

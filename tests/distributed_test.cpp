@@ -2,7 +2,9 @@
 // two processes give the adapter of one process with the same global batch and seed (seq_bn, LoRA;
 // a last batch of an epoch split unevenly, accumulation); a rank that dies makes the other stop
 // with an error naming it; Ctrl-C on one rank stops both with a checkpoint, which one process
-// resumes to the adapter of the uninterrupted run; a batch the ranks cannot share is refused.
+// resumes to the adapter of the uninterrupted run; a batch the ranks cannot share is refused;
+// evaluation shared by the ranks gives one process's metrics; masked-LM pretraining (`adapters
+// pretrain`) of two processes gives the weights of one.
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
@@ -20,6 +22,8 @@
 #include <sstream>
 #include <string>
 #include <thread>
+
+#include <nlohmann/json.hpp>
 
 #include "adapters/io/tensors.h"
 
@@ -222,3 +226,57 @@ class RemoveRunFolders : public ::testing::Environment {
 const auto* const kCleanup = ::testing::AddGlobalTestEnvironment(new RemoveRunFolders);
 
 }  // namespace
+
+// Evaluation shared by the ranks (each runs every second batch, the metrics computed from all):
+// the validation and test metrics of a 2-process run are those one process computes for the
+// adapter it saved, with the same batches.
+TEST(Distributed, EvaluationSharedByTheRanksIsThatOfOneProcess) {
+  const fs::path out = fresh_dir("eval");
+  std::string err;
+  const std::string data = " --validation " + kData + "/cli/validation.jsonl --test " + kData + "/cli/test.jsonl";
+  ASSERT_EQ(run(train_command("seq_bn", out, "--nproc 2 --eval-every 3" + data, 6), &err), 0) << err;
+  const auto results = nlohmann::json::parse(read_text(out / "results.json"));
+  ASSERT_TRUE(results["test"].contains("accuracy")) << results.dump();
+  const fs::path eval_out = fresh_dir("eval_one") += ".json";
+  ASSERT_EQ(std::system((kCli + " eval --model " + kModel + " --tokenizer " + kData + "/tokenizer --adapter " +
+                         (out / "adapter").string() + " --batch-size 16 --data " + kData + "/cli/test.jsonl > " +
+                         eval_out.string() + " 2> /dev/null").c_str()), 0);
+  const auto one = nlohmann::json::parse(read_text(eval_out));
+  for (const auto& [name, value] : one.items()) {
+    ASSERT_TRUE(results["test"].contains(name)) << name;
+    EXPECT_NEAR(results["test"][name].get<double>(), value.get<double>(), 1e-5) << name;
+  }
+  // Both validations (steps 3 and 6) were logged once, by rank 0.
+  std::ifstream metrics(out / "metrics.jsonl");
+  int validations = 0;
+  for (std::string line; std::getline(metrics, line);) validations += line.find("\"validation\"") != std::string::npos;
+  EXPECT_EQ(validations, 2);
+}
+
+// `adapters pretrain` (masked LM through the trainer: rows masked per row, not per rank) gives
+// the weights of one process with two.
+TEST(Distributed, MaskedLmPretrainingOfTwoProcessesIsThatOfOne) {
+  const fs::path dir = fresh_dir("pretrain");
+  fs::create_directories(dir);
+  {
+    std::ofstream corpus(dir / "corpus.txt");
+    for (int i = 0; i < 24; ++i) corpus << "the cat sat on the mat " << i << " and the dog ran to the park .\n";
+  }
+  std::string err;
+  for (const char* n : {"1", "2"}) {
+    const std::string command = kCli + " pretrain --config " + kModel + "/config.json --tokenizer " + kData +
+                                "/tokenizer --corpus " + (dir / "corpus.txt").string() + " --out " + (dir / n).string() +
+                                " --max-steps 8 --batch-size 8 --max-length 16 --lr 3e-3 --warmup-steps 2 --save-every 0" +
+                                " --no-progress --nproc " + n;
+    ASSERT_EQ(run(command, &err), 0) << err;
+  }
+  const auto one = adapters::io::read_checkpoint(dir / "1" / "model.safetensors");
+  const auto two = adapters::io::read_checkpoint(dir / "2" / "model.safetensors");
+  ASSERT_EQ(one.size(), two.size());
+  ASSERT_FALSE(one.empty());
+  for (const auto& [key, t] : one) {
+    ASSERT_TRUE(two.count(key)) << key;
+    const double excess = ((t - two.at(key)).abs() - (1e-4 + 1e-3 * two.at(key).abs())).max().item<double>();
+    EXPECT_LE(excess, 0.0) << key;
+  }
+}

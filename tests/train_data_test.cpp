@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <numeric>
 #include <set>
 #include <sstream>
 
@@ -650,6 +651,67 @@ TEST(TrainDataBatch, CausalLmTargetsAreTheTokensWithoutTokenTypes) {
                                                 token_id("[CLS]"), token_id("the"), token_id("cat"), token_id("sat"), token_id("[SEP]")}));
   EXPECT_EQ(batch.input_ids[4], pad);
   EXPECT_TRUE(batch.token_type_ids.empty());  // GPT-2 would add the embedding of token type 0
+}
+
+// Masked LM: the text's tokens may be masked, the special tokens never; HF's collator rates
+// (each token picked with p; picked: 80% [MASK], 10% a random id, 10% kept); a row is masked
+// alike whichever batch it is in (so the ranks of a data-parallel run agree with one process).
+TEST(TrainDataBatch, MaskedLmMasksTheTextAloneAsHfCollatorDoes) {
+  std::string jsonl;
+  for (int i = 0; i < 400; ++i) jsonl += "{\"text\": \"the cat sat on the mat and the dog ran\"}\n";
+  const Dataset d = dataset_of(TaskKind::MaskedLM, jsonl);
+  EXPECT_EQ(parse_task_kind("masked_lm"), TaskKind::MaskedLM);
+  FeatureOptions options = max_length(32);
+  options.mask_probability = 0.3;
+  const FeatureSet set = make_features(tiny_tokenizer(), d, LabelMap(), options);
+  EXPECT_EQ(set.masking.mask_id, token_id("[MASK]"));
+  EXPECT_EQ(set.masking.probability, 0.3);
+  const auto& f = set.features[0];
+  EXPECT_EQ(f.token_labels.front(), kIgnoreIndex);  // [CLS]
+  EXPECT_EQ(f.token_labels.back(), kIgnoreIndex);   // [SEP]
+  EXPECT_EQ(std::vector<int64_t>(f.token_labels.begin() + 1, f.token_labels.end() - 1),
+            std::vector<int64_t>(f.rows[0].input_ids.begin() + 1, f.rows[0].input_ids.end() - 1));
+
+  std::vector<size_t> all(set.features.size());
+  std::iota(all.begin(), all.end(), size_t{0});
+  const Batch clean = collate(set, all);
+  Batch masked = clean;
+  mask_tokens(masked, set.masking, 11);
+  size_t maskable = 0, picked = 0, as_mask = 0, kept = 0;
+  for (size_t t = 0; t < clean.labels.size(); ++t) {
+    if (clean.labels[t] == kIgnoreIndex) {
+      EXPECT_EQ(masked.labels[t], kIgnoreIndex);
+      EXPECT_EQ(masked.input_ids[t], clean.input_ids[t]) << "a special token or padding was changed at " << t;
+      continue;
+    }
+    ++maskable;
+    if (masked.labels[t] == kIgnoreIndex) {
+      EXPECT_EQ(masked.input_ids[t], clean.input_ids[t]);
+      continue;
+    }
+    ++picked;
+    EXPECT_EQ(masked.labels[t], clean.input_ids[t]);
+    as_mask += masked.input_ids[t] == token_id("[MASK]");
+    kept += masked.input_ids[t] == clean.input_ids[t];
+  }
+  ASSERT_GT(maskable, 3000u);
+  EXPECT_NEAR(static_cast<double>(picked) / maskable, 0.3, 0.03);
+  EXPECT_NEAR(static_cast<double>(as_mask) / picked, 0.8, 0.04);
+  EXPECT_GT(static_cast<double>(kept) / picked, 0.06);  // 10% kept, plus random ids that hit the token
+  EXPECT_LT(static_cast<double>(kept) / picked, 0.14);
+
+  // Row 5 alone, or beside other rows in another order: masked the same.
+  Batch alone = collate(set, {5});
+  mask_tokens(alone, set.masking, 11);
+  const auto T = static_cast<size_t>(clean.seq_len);
+  EXPECT_EQ(alone.input_ids, std::vector<int64_t>(masked.input_ids.begin() + 5 * T, masked.input_ids.begin() + 6 * T));
+  EXPECT_EQ(alone.labels, std::vector<int64_t>(masked.labels.begin() + 5 * T, masked.labels.begin() + 6 * T));
+  Batch reseeded = collate(set, {5});
+  mask_tokens(reseeded, set.masking, 12);
+  EXPECT_NE(reseeded.input_ids, alone.input_ids);  // another seed (step), another masking
+
+  MaskingOptions no_mask;
+  EXPECT_THROW(mask_tokens(alone, no_mask, 1), adapters::Error);
 }
 
 TEST(TrainDataBatch, PlainAndShuffledPlans) {

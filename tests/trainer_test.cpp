@@ -4,6 +4,7 @@
 // and on the tiny fixture GPT-2: causal-LM training lowers perplexity, the tied LM head stepped once.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <filesystem>
@@ -368,6 +369,49 @@ TEST(Trainer, ScheduleWarmsUpThenDecays) {
   EXPECT_NEAR(lr_multiplier(Schedule::Cosine, 110, 10, 110), 0.0, 1e-12);
   EXPECT_DOUBLE_EQ(lr_multiplier(Schedule::Constant, 100, 10, 110), 1.0);
   EXPECT_THROW(parse_schedule("exponential"), Error);
+  // A floor: decay ends at min_ratio (pretraining decays to 10%); warm-up is unchanged.
+  EXPECT_DOUBLE_EQ(lr_multiplier(Schedule::Linear, 5, 10, 110, 0.1), 0.5);
+  EXPECT_DOUBLE_EQ(lr_multiplier(Schedule::Linear, 60, 10, 110, 0.1), 0.55);
+  EXPECT_DOUBLE_EQ(lr_multiplier(Schedule::Linear, 110, 10, 110, 0.1), 0.1);
+  EXPECT_DOUBLE_EQ(lr_multiplier(Schedule::Linear, 500, 10, 110, 0.1), 0.1);
+  EXPECT_NEAR(lr_multiplier(Schedule::Cosine, 110, 10, 110, 0.1), 0.1, 1e-12);
+}
+
+TEST(Trainer, SaveTotalLimitKeepsTheNewestCheckpoints) {
+  const FeatureSet train = marker_task(64, 1);  // 4 steps per epoch
+  AdapterModel model = tiny_model("seq_bn");
+  TrainerOptions options = quick_options(fresh_dir("save_total_limit"));
+  options.save_total_limit = 2;
+  Trainer(options).train(model, train);
+  std::set<std::string> checkpoints;
+  for (const auto& entry : fs::directory_iterator(options.output_dir)) {
+    if (entry.path().filename().string().rfind("checkpoint-", 0) == 0) checkpoints.insert(entry.path().filename().string());
+  }
+  EXPECT_EQ(checkpoints, (std::set<std::string>{"checkpoint-8", "checkpoint-12"}));
+  options.save_total_limit = -1;
+  EXPECT_NE(error_of([&] { Trainer{options}; }).find("save_total_limit"), std::string::npos);
+}
+
+TEST(Trainer, ATimeLimitEndsTheRunAsPlanned) {
+  const FeatureSet train = marker_task(64, 1);
+  AdapterModel model = tiny_model("seq_bn");
+  TrainerOptions options = quick_options(fresh_dir("time_limit"));
+  options.epochs = 100000;  // hours of steps: the time limit must end the run
+  options.warmup_ratio = 0;
+  options.warmup_steps = 2;
+  options.time_limit_minutes = 0.02;  // 1.2 s
+  const auto start = std::chrono::steady_clock::now();
+  const TrainResult result = Trainer(options).train(model, train);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(result.status, "completed");
+  EXPECT_GT(result.global_step, 2);
+  EXPECT_EQ(result.total_steps, result.global_step);
+  EXPECT_LT(seconds, 60.0);
+  EXPECT_TRUE(fs::exists(options.output_dir / ("checkpoint-" + std::to_string(result.global_step))));
+  // A warm-up share needs a step count, which a time limit does not give.
+  options.warmup_ratio = 0.1;
+  options.warmup_steps = 0;
+  EXPECT_NE(error_of([&] { Trainer{options}; }).find("warmup_ratio"), std::string::npos);
 }
 
 TEST(Trainer, MultipleChoiceBatchesFlattenToRows) {
@@ -461,6 +505,55 @@ TEST(Trainer, Bf16AutocastTrainsWithFiniteLoss) {
   EXPECT_EQ(result.status, "completed");
   for (const auto& [step, loss] : result.train_loss) EXPECT_TRUE(std::isfinite(loss)) << step;
   for (const auto& item : model->named_parameters()) EXPECT_EQ(item.value().scalar_type(), torch::kFloat) << item.key();
+}
+
+// Masked LM rows of the fixture BERT: [CLS]=2, 6..11 ids counting up from a random start (ids
+// 10..97, wrapping), [SEP]=3; every text token may be masked, and each follows from its neighbours.
+FeatureSet counting_mlm_task(size_t size, uint64_t seed) {
+  FeatureSet set = counting_task(size, seed);
+  set.task = TaskKind::MaskedLM;
+  set.pad_id = 0;
+  set.masking.mask_id = 4;
+  set.masking.vocab_size = 99;
+  set.masking.probability = 0.3;
+  for (Feature& f : set.features) {
+    auto& ids = f.rows[0].input_ids;
+    for (auto& id : ids) id = 10 + (id - 2) % 88;
+    ids.front() = 2;
+    ids.back() = 3;
+    f.token_labels = ids;
+    f.token_labels.front() = f.token_labels.back() = kIgnoreIndex;
+  }
+  return set;
+}
+
+TEST(Trainer, MaskedLmLearnsTheMaskedTokensAndProjectsOnlyThem) {
+  const FeatureSet train = counting_mlm_task(128, 21), validation = counting_mlm_task(32, 22);
+  torch::manual_seed(0);
+  AdapterModel model = load_pretrained(fs::path(ADAPTERS_FIXTURES) / "adapterhub/models/bert");
+  model->add_head("mlm", "masked_lm");
+  model->freeze_model(false);  // pretraining: every weight
+
+  // The loss at the masked positions alone is the loss of the head on every position.
+  Batch batch = collate(train, {0, 1, 2, 3});
+  mask_tokens(batch, train.masking, 5);
+  model->eval();
+  ForwardOptions dense;
+  dense.head_inputs = to_head_inputs(batch, TaskKind::MaskedLM, torch::kCPU);
+  const double every_position = model->forward(to_inputs(batch, torch::kCPU), dense).loss.item<double>();
+  const ModelOutput sparse = forward_batch(*model, batch, TaskKind::MaskedLM, torch::kCPU);
+  EXPECT_NEAR(sparse.loss.item<double>(), every_position, 1e-5);
+  EXPECT_FALSE(sparse.head.count("logits"));
+
+  const EvalResult before = evaluate(*model, validation, 16, torch::kCPU);
+  EXPECT_NEAR(evaluate(*model, validation, 8, torch::kCPU).loss, before.loss, 1e-5);  // the same masking every time
+  TrainerOptions options = quick_options(fresh_dir("masked_lm"));
+  options.epochs = 60;
+  const TrainResult result = Trainer(options).train(model, train, &validation);
+  EXPECT_EQ(result.status, "completed");
+  const EvalResult after = evaluate(*model, validation, 16, torch::kCPU);
+  EXPECT_NEAR(after.metrics.at("perplexity"), std::exp(after.loss), 1e-9);
+  EXPECT_LT(after.metrics.at("perplexity"), 0.5 * before.metrics.at("perplexity")) << before.metrics.at("perplexity");
 }
 
 TEST(Trainer, CausalLmLowersPerplexityAndStepsTheTiedHeadOnce) {

@@ -36,6 +36,7 @@
 #include "adapters/per_row.h"
 #include "adapters/tokenizer/tokenizer.h"
 #include "adapters/train/metrics.h"
+#include "adapters/train/pretraining.h"
 #include "adapters/train/progress.h"
 #include "adapters/train/trainer.h"
 #include "commands.h"
@@ -58,11 +59,13 @@ struct DataArgs {
   std::string adapter_column;  // multi-tenant training: the column naming each example's adapter
   std::string on_malformed = "fatal";
   std::size_t max_length = 128, doc_stride = 0;
+  double mask_probability = 0.15;
 
   tr::FeatureOptions feature_options() const {
     tr::FeatureOptions o;
     o.max_length = max_length;
     o.doc_stride = doc_stride;
+    o.mask_probability = mask_probability;
     return o;
   }
 
@@ -77,8 +80,10 @@ struct DataArgs {
     cmd->add_option("--test", test, "Test data")->check(CLI::ExistingFile);
     cmd->add_option("--task", task,
                     "sequence_classification, regression, multilabel, token_classification, question_answering, "
-                    "multiple_choice, causal_lm (the text continued: a decoder and its causal_lm head)")
+                    "multiple_choice, causal_lm (the text continued: a decoder and its causal_lm head), masked_lm (the "
+                    "text's masked tokens: an encoder and its masked_lm head, e.g. domain-adaptive pretraining of an adapter)")
         ->capture_default_str();
+    cmd->add_option("--mask-probability", mask_probability, "masked_lm: the share of the tokens masked")->capture_default_str();
     cmd->add_option("--text-column", text_column, "Column of the text")->capture_default_str();
     cmd->add_option("--pair-column", pair_column, "Column of the second text of a pair");
     cmd->add_option("--label-column", label_column, "Column of the label")->capture_default_str();
@@ -136,6 +141,7 @@ std::pair<std::string, json> head_for(tr::TaskKind task, const tr::LabelMap& lab
     case tr::TaskKind::QuestionAnswering: return {"question_answering", json::object()};
     case tr::TaskKind::MultipleChoice: return {"multiple_choice", {{"num_choices", 2}}};
     case tr::TaskKind::CausalLM: return {"causal_lm", json::object()};
+    case tr::TaskKind::MaskedLM: return {"masked_lm", json::object()};
   }
   return {"classification", {{"num_labels", n}}};
 }
@@ -381,11 +387,12 @@ TrainOutcome run_training(const TrainArgs& a, const DataArgs& d) {
   out.main = options.parallel == nullptr || options.parallel->is_main();
   if (!out.main) options.show_progress = false;
   MeasuredRun run = train_measured(model, train, validation ? &*validation : nullptr, options);
-  if (!out.main) return out;  // rank 0 evaluates the test split and saves
+  // The test split: each rank runs a share of its batches, every rank gets the metrics.
+  if (test) out.test_metrics = tr::evaluate(*model, *test, options.batch_size, device, &data.test, options.parallel.get()).metrics;
+  if (!out.main) return out;  // rank 0 saves
   out.result = std::move(run.result);
   out.step_ms = run.step_ms;
   out.peak_mb = run.peak_mb;
-  if (test) out.test_metrics = tr::evaluate(*model, *test, options.batch_size, device, &data.test).metrics;
 
   out.saved = fs::path(a.output) / (a.full ? "model" : tenants.empty() ? "adapter" : "adapters");
   if (!tenants.empty()) {
@@ -429,6 +436,7 @@ void add_training_options(CLI::App* cmd, TrainArgs& a) {
   cmd->add_option("--device", a.device, "cpu or cuda")->capture_default_str();
   cmd->add_option("--dtype", a.dtype, "float32, bfloat16 or float16")->capture_default_str();
   cmd->add_flag("--overwrite", t.overwrite, "Replace a run already in --output");
+  cmd->add_option("--save-total-limit", t.save_total_limit, "Keep only the newest N checkpoints (0: all)")->capture_default_str();
   cmd->add_option("--resume", a.resume, "Continue from this checkpoint folder (output/checkpoint-N)");
   cmd->add_flag("--no-progress", [&t](std::int64_t) { t.show_progress = false; }, "No progress bar");
   cmd->add_option("--nproc", a.nproc,
@@ -625,7 +633,7 @@ void add_predict(CLI::App& app) {
 // ---- pretrain (masked LM / causal LM) -------------------------------------------------------
 
 struct PretrainArgs {
-  std::string config, tokenizer, corpus, out, init;
+  std::string config, tokenizer, corpus, out, init, resume;
   std::string objective = "masked";
   double minutes = 10, save_every_minutes = 10;
   std::int64_t warmup_steps = 500;
@@ -635,76 +643,8 @@ struct PretrainArgs {
   std::uint64_t seed = 0;
   int threads = 0;
   int nproc = 1;
-  int rank = 0, world = 1;  // this process's share of every batch (a distributed run)
+  bool overwrite = false, progress = true;
 };
-
-bool ends_with(const std::string& text, const std::string& suffix) {
-  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-// A 1-D norm weight by its name: BERT's LayerNorm / layer_norm, GPT-2's ln_1 / ln_2 / ln_f.
-bool is_norm_weight(const std::string& name) {
-  const bool norm = name.find("LayerNorm") != std::string::npos || name.find("layer_norm") != std::string::npos ||
-                    name.find("ln_") != std::string::npos || name.find("norm") != std::string::npos;
-  return norm && ends_with(name, "weight");
-}
-
-// BERT's and GPT-2's initialisation: N(0, std) matrices and embeddings, zero biases, unit norm
-// weights; GPT-2 also scales the residual projections (c_proj) by 1/sqrt(2 * layers), as HF does.
-void init_weights(AdapterModel& model, double std) {
-  torch::NoGradGuard no_grad;
-  const models::ModelConfig& c = model->config();
-  const double residual_std = std / std::sqrt(2.0 * static_cast<double>(c.num_hidden_layers));
-  for (auto& item : model->named_parameters()) {
-    auto& t = item.value();
-    if (t.dim() >= 2) t.normal_(0.0, c.model_type == "gpt2" && ends_with(item.key(), "c_proj.weight") ? residual_std : std);
-    else t.fill_(is_norm_weight(item.key()) ? 1.0 : 0.0);
-  }
-}
-
-// Token rows of the corpus: each line encoded, long lines cut into pieces of max_length tokens
-// (special tokens of each piece included).
-std::vector<std::vector<std::int64_t>> corpus_rows(const Tokenizer& tok, const fs::path& corpus, std::size_t max_length) {
-  std::ifstream in(corpus);
-  ADAPTERS_CHECK(in.good(), corpus.string(), ": cannot read the corpus");
-  std::vector<std::vector<std::int64_t>> rows;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty()) continue;
-    const auto e = tok.encode(line, /*add_special_tokens=*/false);
-    for (std::size_t at = 0; at < e.ids.size(); at += max_length - 2) {
-      std::vector<std::int64_t> row;
-      const std::size_t end = std::min(e.ids.size(), at + max_length - 2);
-      row.assign(e.ids.begin() + static_cast<std::ptrdiff_t>(at), e.ids.begin() + static_cast<std::ptrdiff_t>(end));
-      if (row.size() >= 4) rows.push_back(std::move(row));
-    }
-  }
-  ADAPTERS_CHECK(!rows.empty(), corpus.string(), ": no text in the corpus");
-  return rows;
-}
-
-// The corpus as GPT-2 is trained on it: every line as `bos tokens eos`, all lines one stream,
-// cut into blocks of `block` tokens (the last, shorter one dropped). No padding anywhere.
-std::vector<std::vector<std::int64_t>> corpus_blocks(const Tokenizer& tok, const fs::path& corpus, std::size_t block,
-                                                     std::int64_t bos, std::int64_t eos) {
-  std::ifstream in(corpus);
-  ADAPTERS_CHECK(in.good(), corpus.string(), ": cannot read the corpus");
-  std::vector<std::vector<std::int64_t>> blocks;
-  std::vector<std::int64_t> current;
-  auto push = [&](std::int64_t id) {
-    current.push_back(id);
-    if (current.size() == block) blocks.push_back(std::exchange(current, {}));
-  };
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty()) continue;
-    push(bos);
-    for (const auto id : tok.encode(line, /*add_special_tokens=*/false).ids) push(static_cast<std::int64_t>(id));
-    push(eos);
-  }
-  ADAPTERS_CHECK(!blocks.empty(), corpus.string(), ": fewer than --max-length ", block, " tokens in the corpus");
-  return blocks;
-}
 
 // A config token id (bos_token_id, eos_token_id) when config.json gives one, else the tokenizer's.
 std::int64_t config_token(const models::ModelConfig& config, const char* key, const Tokenizer& tok, const char* token) {
@@ -714,92 +654,26 @@ std::int64_t config_token(const models::ModelConfig& config, const char* key, co
   return *id;
 }
 
-// One pretraining objective: the loss of step `step` (a fresh batch each call).
-using PretrainStep = std::function<torch::Tensor(std::int64_t step)>;
-
-// Masked LM: random rows, padded; a share of the tokens masked (80% <mask>, 10% random, 10% kept);
-// the vocabulary projection only at the masked positions.
-PretrainStep masked_lm_step(AdapterModel& model, const PretrainArgs& a, const Tokenizer& tok) {
-  const auto mask_id = tok.token_to_id("<mask>");
-  ADAPTERS_CHECK(mask_id.has_value(), a.tokenizer, ": the tokenizer has no <mask> token (needed by --objective masked)");
-  const std::int64_t bos = tok.token_to_id("<s>").value_or(0), eos = tok.token_to_id("</s>").value_or(2);
-  auto rows = std::make_shared<const std::vector<std::vector<std::int64_t>>>(corpus_rows(tok, a.corpus, a.max_length));
-  std::cerr << "pretrain: " << rows->size() << " rows from " << a.corpus << '\n';
-  model->add_head("mlm", "masked_lm");
-  const std::int64_t pad = model->config().pad_token_id, vocab = model->config().vocab_size;
-  // Each rank of a distributed run draws its share of the rows from its own stream.
-  auto rng = std::make_shared<std::mt19937_64>(a.world == 1 ? a.seed : a.seed * 7919 + static_cast<std::uint64_t>(a.rank));
-  return [&model, rows, rng, a, pad, vocab, bos, eos, mask = *mask_id](std::int64_t) {
-    std::vector<const std::vector<std::int64_t>*> batch;
-    std::size_t longest = 0;
-    for (std::size_t i = 0; i < a.batch_size / static_cast<std::size_t>(a.world); ++i) {
-      batch.push_back(&(*rows)[(*rng)() % rows->size()]);
-      longest = std::max(longest, batch.back()->size() + 2);
-    }
-    const auto B = static_cast<std::int64_t>(batch.size()), T = static_cast<std::int64_t>(longest);
-    torch::Tensor ids = torch::full({B, T}, pad, torch::kLong), attention = torch::zeros({B, T}, torch::kLong);
-    torch::Tensor labels = torch::full({B, T}, -100, torch::kLong);
-    auto id = ids.accessor<std::int64_t, 2>();
-    auto m = attention.accessor<std::int64_t, 2>();
-    auto l = labels.accessor<std::int64_t, 2>();
-    std::uniform_real_distribution<double> u(0.0, 1.0);
-    for (std::int64_t b = 0; b < B; ++b) {
-      const auto& row = *batch[static_cast<std::size_t>(b)];
-      id[b][0] = bos;
-      for (std::size_t j = 0; j < row.size(); ++j) id[b][static_cast<std::int64_t>(j) + 1] = row[j];
-      id[b][static_cast<std::int64_t>(row.size()) + 1] = eos;
-      for (std::int64_t j = 0; j < static_cast<std::int64_t>(row.size()) + 2; ++j) m[b][j] = 1;
-      for (std::int64_t j = 1; j <= static_cast<std::int64_t>(row.size()); ++j) {
-        if (u(*rng) >= a.mask_probability) continue;
-        l[b][j] = id[b][j];
-        const double r = u(*rng);
-        if (r < 0.8) id[b][j] = mask;
-        else if (r < 0.9) id[b][j] = 4 + static_cast<std::int64_t>((*rng)() % static_cast<std::uint64_t>(vocab - 5));
-      }
-    }
-    ForwardOptions options;
-    options.skip_heads = true;
-    const ModelOutput out = model->forward({ids, attention, torch::Tensor()}, options);
-    const torch::Tensor picked = labels.ne(-100);
-    heads::HeadInputs head_in;
-    head_in.hidden = out.last_hidden_state.index({picked}).unsqueeze(0);  // (1,M,C)
-    head_in.extra["labels"] = labels.index({picked}).unsqueeze(0);        // (1,M)
-    return model->head("mlm").forward(head_in).loss;
-  };
-}
-
-// Causal LM: blocks of the token stream in a seeded order, reshuffled every pass; each token
-// predicted from the ones before it (the causal_lm head shifts the labels).
-PretrainStep causal_lm_step(AdapterModel& model, const PretrainArgs& a, const Tokenizer& tok) {
+// The corpus as the objective's features: masked LM on padded rows, causal LM on packed blocks.
+tr::FeatureSet pretraining_corpus(const PretrainArgs& a, const AdapterModel& model, const Tokenizer& tok) {
   const models::ModelConfig& c = model->config();
-  ADAPTERS_CHECK(model->arch().kind == models::ArchKind::Decoder, "pretrain --objective causal: ", a.config,
-                 " is a '", c.model_type, "' model; expected a decoder (gpt2, gptj)");
-  ADAPTERS_CHECK(static_cast<std::int64_t>(a.max_length) <= c.max_position_embeddings, "--max-length: expected at most the ",
-                 c.max_position_embeddings, " positions of ", a.config, " (n_positions), found ", a.max_length);
-  const std::int64_t bos = config_token(c, "bos_token_id", tok, "<s>"), eos = config_token(c, "eos_token_id", tok, "</s>");
-  auto blocks = std::make_shared<const std::vector<std::vector<std::int64_t>>>(corpus_blocks(tok, a.corpus, a.max_length, bos, eos));
-  std::cerr << "pretrain: " << blocks->size() << " blocks of " << a.max_length << " tokens from " << a.corpus << '\n';
-  model->add_head("lm", "causal_lm");  // tied to the word embeddings (tie_word_embeddings)
-  // The order of the blocks in the pass being drawn from: (pass, permutation).
-  auto order = std::make_shared<std::pair<std::size_t, std::vector<std::size_t>>>(SIZE_MAX, std::vector<std::size_t>());
-  return [&model, blocks, order, a](std::int64_t step) {
-    const auto global = static_cast<std::int64_t>(a.batch_size), T = static_cast<std::int64_t>(a.max_length);
-    const std::int64_t B = global / a.world;  // this rank's rows: blocks [rank * B, (rank + 1) * B) of the step's
-    const std::size_t n = blocks->size();
-    std::vector<std::int64_t> flat;
-    flat.reserve(static_cast<std::size_t>(B * T));
-    for (std::int64_t i = a.rank * B; i < (a.rank + 1) * B; ++i) {
-      const std::size_t k = static_cast<std::size_t>(step * global + i);  // the k-th block drawn
-      if (order->first != k / n) *order = {k / n, tr::seeded_permutation(n, a.seed + k / n)};
-      const auto& block = (*blocks)[order->second[k % n]];
-      flat.insert(flat.end(), block.begin(), block.end());
-    }
-    const torch::Tensor ids = torch::tensor(flat, torch::kLong).view({B, T});
-    ForwardOptions options;
-    options.head = "lm";
-    options.head_inputs["labels"] = ids;  // no padding in a block: every position is a target
-    return model->forward({ids, torch::ones_like(ids), torch::Tensor()}, options).loss;
-  };
+  tr::CorpusLayout layout;
+  layout.max_length = a.max_length;
+  layout.pad = c.pad_token_id;
+  if (a.objective == "causal") {
+    ADAPTERS_CHECK(model->arch().kind == models::ArchKind::Decoder, "pretrain --objective causal: ", a.config,
+                   " is a '", c.model_type, "' model; expected a decoder (gpt2, gptj)");
+    ADAPTERS_CHECK(static_cast<std::int64_t>(a.max_length) <= c.max_position_embeddings, "--max-length: expected at most the ",
+                   c.max_position_embeddings, " positions of ", a.config, " (n_positions), found ", a.max_length);
+    layout.bos = config_token(c, "bos_token_id", tok, "<s>");
+    layout.eos = config_token(c, "eos_token_id", tok, "</s>");
+    return tr::causal_lm_corpus(tok, a.corpus, layout);
+  }
+  layout.bos = tok.token_to_id("<s>").value_or(0);
+  layout.eos = tok.token_to_id("</s>").value_or(2);
+  tr::MaskingOptions masking = tr::masking_options(tok, a.mask_probability);
+  masking.vocab_size = c.vocab_size;
+  return tr::masked_lm_corpus(tok, a.corpus, layout, masking);
 }
 
 // The model to pretrain: from the config's initialisation, or continued from --init.
@@ -814,86 +688,77 @@ AdapterModel pretrain_model(const PretrainArgs& a, const models::ModelConfig& co
   return model;
 }
 
-// Steps the objective until --max-steps (or the --minutes budget) with AdamW (decay 0.01, none
-// on biases and norms), linear warm-up then linear decay to 10%, clipping at 1.0; saves the base
-// model's weights every --save-every minutes and at the end.
-void run_pretraining(PretrainArgs a) {
-  ADAPTERS_CHECK(std::isfinite(a.learning_rate) && a.learning_rate > 0 && a.learning_rate <= 10,
-                 "--lr: expected a finite learning rate in (0, 10], found ", a.learning_rate);
+// The Trainer's options of a pretraining run: AdamW (decay 0.01, none on biases and norms), linear
+// warm-up then linear decay to 10% over --max-steps (or the --minutes budget), clipping at 1.0.
+tr::TrainerOptions pretraining_options(const PretrainArgs& a) {
+  tr::TrainerOptions o;
+  o.batch_size = a.batch_size;
+  o.learning_rate = a.learning_rate;
+  o.weight_decay = 0.01;
+  o.warmup_steps = std::max<std::int64_t>(1, a.warmup_steps);
+  o.min_lr_ratio = 0.1;
+  o.max_grad_norm = 1.0;
+  o.max_steps = a.max_steps;
+  o.time_limit_minutes = a.max_steps > 0 ? 0.0 : a.minutes;
+  o.epochs = a.max_steps > 0 ? 1 : std::numeric_limits<std::int32_t>::max();  // the time limit ends the run
+  o.seed = a.seed;
+  o.output_dir = a.out;
+  o.overwrite = a.overwrite;
+  if (!a.resume.empty()) o.resume_from = a.resume;
+  o.metric_for_best = "loss";
+  o.log_every = 1;  // every step's loss: the final loss is a mean of the last ones
+  o.save_total_limit = 1;  // a checkpoint per epoch of the whole model: keep the newest
+  o.show_progress = a.progress;
+  return o;
+}
+
+// The mean of the last tenth of the step losses (at most 100): less noisy than one step.
+std::pair<double, std::size_t> final_loss(const std::vector<std::pair<std::int64_t, double>>& losses) {
+  const std::size_t tail = std::min(losses.size(), std::clamp<std::size_t>(losses.size() / 10, 1, 100));
+  double sum = 0;
+  for (std::size_t i = losses.size() - tail; i < losses.size(); ++i) sum += losses[i].second;
+  return {tail > 0 ? sum / static_cast<double>(tail) : 0.0, tail};
+}
+
+// Pretrains with the Trainer on the corpus; saves the base model's weights to --out (every
+// --save-every minutes too), beside the Trainer's checkpoints, metrics and curves.
+void run_pretraining(const PretrainArgs& a) {
   use_threads(a.threads);
   keep_freed_memory();
-  const std::shared_ptr<tr::DataParallel> parallel = join_world(torch::kCPU);
-  if (parallel) {
-    a.rank = parallel->rank();
-    a.world = parallel->world_size();
-    ADAPTERS_CHECK(a.batch_size % static_cast<std::size_t>(a.world) == 0, "--batch-size ", a.batch_size,
-                   " is not a multiple of the ", a.world, " processes: each takes an equal share of every batch");
-  }
-  const bool main = a.rank == 0;
+  tr::TrainerOptions options = pretraining_options(a);
+  tr::Trainer check(options);  // bad options fail here, before the ranks meet
+  options.parallel = join_world(torch::kCPU);
+  const bool main = options.parallel == nullptr || options.parallel->is_main();
   const Tokenizer tok = Tokenizer::from_pretrained(a.tokenizer);
   const models::ModelConfig config = models::load_model_config(a.config);
   AdapterModel model = pretrain_model(a, config);
-  const bool causal = a.objective == "causal";
-  const PretrainStep loss_of = causal ? causal_lm_step(model, a, tok) : masked_lm_step(model, a, tok);
-  const std::string head = causal ? "lm" : "mlm";
+  const tr::FeatureSet corpus = pretraining_corpus(a, model, tok);
+  if (main) std::cerr << "pretrain: " << corpus.features.size() << (a.objective == "causal" ? " blocks" : " rows") << " from " << a.corpus << '\n';
+  const std::string head = a.objective == "causal" ? "lm" : "mlm";
+  model->add_head(head, a.objective == "causal" ? "causal_lm" : "masked_lm");  // tied to the word embeddings
   if (a.init.empty()) {
-    init_weights(model, config.initializer_range);
-  } else {
+    tr::init_weights(*model, config.initializer_range);
+  } else if (main) {
     std::cerr << "pretrain: continuing from " << a.init << " (the " << head << " head's own layers start fresh)\n";
   }
-  model->train();
-  const auto groups = tr::trainable_parameter_groups(*model);
-  std::vector<torch::Tensor> trainable;
-  for (const auto* group : {&groups.decay, &groups.no_decay}) {
-    for (const auto& item : *group) trainable.push_back(item.second);
-  }
-  auto optimizer = tr::make_adamw(groups, a.learning_rate, 0.01);
-  const std::int64_t warmup = std::max<std::int64_t>(1, a.warmup_steps);
   const auto start = std::chrono::steady_clock::now();
-  double last_save = 0, smoothed = 0, first = 0;
-  const std::int64_t planned = a.max_steps > 0 ? a.max_steps : 1000000;
-  std::vector<double> losses;
-  std::int64_t step = 0;
-  for (; step < planned; ++step) {
-    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    // The ranks agree on the time, which sets the learning rate and the end of a timed run.
-    if (parallel && a.max_steps == 0) elapsed = parallel->sum({elapsed}).front() / a.world;
-    if (a.max_steps == 0 && elapsed > a.minutes * 60) break;
-    // Linear warm-up, then linear decay to 10% over the budget (time or steps).
-    const double progress = a.max_steps > 0 ? static_cast<double>(step) / static_cast<double>(a.max_steps)
-                                            : elapsed / (a.minutes * 60);
-    tr::set_learning_rate(*optimizer, a.learning_rate * std::min(1.0, static_cast<double>(step + 1) / warmup) *
-                                          (1.0 - 0.9 * std::min(1.0, progress)));
-    const torch::Tensor loss = loss_of(step);
-    optimizer->zero_grad();
-    loss.backward();
-    if (parallel) parallel->average_gradients(trainable);
-    torch::nn::utils::clip_grad_norm_(trainable, 1.0);
-    optimizer->step();
-    const double value = parallel ? parallel->sum({loss.item<double>()}).front() / a.world : loss.item<double>();
-    losses.push_back(value);
-    if (step == 0) first = value;
-    smoothed = step == 0 ? value : 0.98 * smoothed + 0.02 * value;
-    if (step % 100 == 0 && main) std::cerr << "pretrain: step " << step << " loss " << smoothed << " (" << elapsed << " s)\n";
-    if (main && a.save_every_minutes > 0 && elapsed - last_save > a.save_every_minutes * 60) {
-      formats::save_pretrained(*model, a.out);  // written to temporary files, then renamed
-      last_save = elapsed;
-      std::cerr << "pretrain: saved at step " << step << '\n';
-    }
-  }
-  if (parallel) parallel->barrier();
+  double last_save = 0;
+  options.on_step = [&](std::int64_t step) {
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (!main || a.save_every_minutes <= 0 || elapsed - last_save < a.save_every_minutes * 60) return;
+    formats::save_pretrained(*model, a.out);  // written to temporary files, then renamed
+    last_save = elapsed;
+    std::cerr << "pretrain: saved at step " << step << '\n';
+  };
+  const tr::TrainResult result = tr::Trainer(options).train(model, corpus);
   if (!main) return;
   model->delete_head(head);
   formats::save_pretrained(*model, a.out);
-  // The final loss: the mean of the last tenth of the steps (at most 100), less noisy than one step.
-  const std::size_t tail = std::clamp<std::size_t>(losses.size() / 10, 1, 100);
-  double final_loss = 0;
-  for (std::size_t i = losses.size() - std::min(tail, losses.size()); i < losses.size(); ++i) final_loss += losses[i];
-  final_loss /= static_cast<double>(std::max<std::size_t>(1, std::min(tail, losses.size())));
+  const auto [last, tail] = final_loss(result.train_loss);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::cerr << "pretrain: " << step << " steps in " << seconds << " s, first loss " << first << ", final loss " << final_loss
-            << " (mean of the last " << std::min(tail, losses.size()) << " steps), saved "
-            << (fs::path(a.out) / "model.safetensors").string() << '\n';
+  std::cerr << "pretrain: " << result.global_step << " steps in " << seconds << " s, first loss "
+            << (result.train_loss.empty() ? 0.0 : result.train_loss.front().second) << ", final loss " << last
+            << " (mean of the last " << tail << " steps), saved " << (fs::path(a.out) / "model.safetensors").string() << '\n';
 }
 
 void add_pretrain(CLI::App& app) {
@@ -927,6 +792,9 @@ void add_pretrain(CLI::App& app) {
   cmd->add_option("--nproc", a->nproc, "Pretrain with N processes on this machine (data parallel; --batch-size is global)")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
+  cmd->add_flag("--overwrite", a->overwrite, "Replace a run already in --out");
+  cmd->add_option("--resume", a->resume, "Continue from this checkpoint folder (out/checkpoint-N)");
+  cmd->add_flag("--no-progress", [a](std::int64_t) { a->progress = false; }, "No progress bar");
   cmd->footer(
       "Examples:\n"
       "  adapters pretrain --config assets/tiny-encoder/config.json --tokenizer assets/tiny-encoder \\\n"

@@ -405,7 +405,7 @@ Example choice_example(const json& record, const Columns& columns) {
   return example;
 }
 
-Example causal_lm_example(const json& record, const Columns& columns) {
+Example text_example(const json& record, const Columns& columns) {
   Example example;
   example.text = as_text(require_field(record, columns.text), columns.text);
   return example;
@@ -413,7 +413,8 @@ Example causal_lm_example(const json& record, const Columns& columns) {
 
 Example parse_example(const json& record, TaskKind task, const Columns& columns) {
   switch (task) {
-    case TaskKind::CausalLM: return causal_lm_example(record, columns);
+    case TaskKind::CausalLM:
+    case TaskKind::MaskedLM: return text_example(record, columns);
     case TaskKind::SequenceClassification:
     case TaskKind::Regression:
     case TaskKind::MultiLabel: return sequence_example(record, task, columns);
@@ -432,7 +433,8 @@ std::vector<std::string> required_columns(TaskKind task, const Columns& c) {
     case TaskKind::Regression:
     case TaskKind::MultiLabel: names = {c.text, c.text_pair, c.label}; break;
     case TaskKind::TokenClassification: names = {c.words, c.tags}; break;
-    case TaskKind::CausalLM: names = {c.text}; break;
+    case TaskKind::CausalLM:
+    case TaskKind::MaskedLM: names = {c.text}; break;
     case TaskKind::QuestionAnswering: names = {c.question, c.context, c.answer_text, c.answer_start}; break;
     case TaskKind::MultipleChoice:
       names = {c.context, c.question, c.label};
@@ -480,7 +482,7 @@ constexpr std::pair<TaskKind, const char*> kTaskNames[] = {
     {TaskKind::SequenceClassification, "sequence_classification"}, {TaskKind::Regression, "regression"},
     {TaskKind::MultiLabel, "multilabel"}, {TaskKind::TokenClassification, "token_classification"},
     {TaskKind::QuestionAnswering, "question_answering"}, {TaskKind::MultipleChoice, "multiple_choice"},
-    {TaskKind::CausalLM, "causal_lm"}};
+    {TaskKind::CausalLM, "causal_lm"}, {TaskKind::MaskedLM, "masked_lm"}};
 }  // namespace
 
 std::string to_string(TaskKind task) {
@@ -873,6 +875,7 @@ class FeatureMaker {
         break;
       case TaskKind::MultipleChoice: multiple_choice(example, feature); break;
       case TaskKind::CausalLM: causal_lm(example, feature); break;
+      case TaskKind::MaskedLM: masked_lm(example, feature); break;
     }
     out.push_back(std::move(feature));
   }
@@ -909,6 +912,13 @@ class FeatureMaker {
   void causal_lm(const Example& example, Feature& feature) const {
     const Tokens tokens = encode(example.text, nullptr, Truncation::LongestFirst, dataset_.where(example));
     feature.token_labels = tokens.ids;
+    feature.rows.push_back(row_of(tokens));
+  }
+
+  // Every token of the text may be masked, none of the special tokens.
+  void masked_lm(const Example& example, Feature& feature) const {
+    const Tokens tokens = encode(example.text, nullptr, Truncation::LongestFirst, dataset_.where(example));
+    for (size_t t = 0; t < tokens.ids.size(); ++t) feature.token_labels.push_back(tokens.sequence[t] >= 0 ? tokens.ids[t] : kIgnoreIndex);
     feature.rows.push_back(row_of(tokens));
   }
 
@@ -976,6 +986,21 @@ size_t Feature::length() const {
   return longest;
 }
 
+MaskingOptions masking_options(const tokenizer::Tokenizer& tokenizer, double probability) {
+  ADAPTERS_CHECK(probability > 0 && probability <= 1, "mask probability: expected a share in (0, 1], found ", probability);
+  MaskingOptions masking;
+  for (const char* name : {"[MASK]", "<mask>"}) {
+    if (const auto id = tokenizer.token_to_id(name)) {
+      masking.mask_id = *id;
+      break;
+    }
+  }
+  ADAPTERS_CHECK(masking.mask_id >= 0, "masked LM: the tokenizer has no [MASK] or <mask> token to mask with");
+  masking.vocab_size = static_cast<int64_t>(tokenizer.vocab_size());
+  masking.probability = probability;
+  return masking;
+}
+
 FeatureSet make_features(const tokenizer::Tokenizer& tokenizer, const Dataset& dataset, const LabelMap& labels, const FeatureOptions& options) {
   ADAPTERS_CHECK(options.max_length > 0, "FeatureOptions::max_length: expected > 0, found 0");
   ADAPTERS_CHECK(!uses_label_map(dataset.task) || !labels.empty(), dataset.source, ": a ", to_string(dataset.task),
@@ -985,6 +1010,7 @@ FeatureSet make_features(const tokenizer::Tokenizer& tokenizer, const Dataset& d
   set.num_labels = labels.size();
   set.pad_id = resolve_pad_id(tokenizer, options);
   set.pad_type_id = tokenizer.padding() ? tokenizer.padding()->pad_type_id : 0;
+  if (set.task == TaskKind::MaskedLM) set.masking = masking_options(tokenizer, options.mask_probability);
   const FeatureMaker maker(tokenizer, dataset, labels, options);
   set.features.reserve(dataset.size());
   for (size_t i = 0; i < dataset.size(); ++i) maker.make(i, set.features);
@@ -1074,7 +1100,8 @@ Batch collate(const FeatureSet& set, const std::vector<size_t>& indices) {
       case TaskKind::Regression:
       case TaskKind::MultiLabel: batch.float_labels.insert(batch.float_labels.end(), f.targets.begin(), f.targets.end()); break;
       case TaskKind::TokenClassification:
-      case TaskKind::CausalLM: append_padded(batch.labels, f.token_labels, length, kIgnoreIndex); break;
+      case TaskKind::CausalLM:
+      case TaskKind::MaskedLM: append_padded(batch.labels, f.token_labels, length, kIgnoreIndex); break;
       case TaskKind::QuestionAnswering:
         batch.start_positions.push_back(f.start_position);
         batch.end_positions.push_back(f.end_position);
@@ -1084,6 +1111,29 @@ Batch collate(const FeatureSet& set, const std::vector<size_t>& indices) {
   ADAPTERS_CHECK(batch.adapters.empty() || batch.adapters.size() == static_cast<size_t>(batch.batch_size * batch.num_choices),
                  "collate: some examples name an adapter and some do not (features ", indices.front(), "...)");
   return batch;
+}
+
+void mask_tokens(Batch& batch, const MaskingOptions& masking, uint64_t seed) {
+  ADAPTERS_CHECK(masking.mask_id >= 0 && masking.vocab_size > 0, "mask_tokens: expected a mask id and a vocabulary size, found ",
+                 masking.mask_id, " and ", masking.vocab_size);
+  const auto T = static_cast<size_t>(batch.seq_len);
+  ADAPTERS_CHECK(batch.labels.size() == batch.features.size() * T && batch.input_ids.size() == batch.labels.size(),
+                 "mask_tokens: expected (B, T) labels and input ids of a masked-LM batch");
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  std::uniform_int_distribution<int64_t> any_token(0, masking.vocab_size - 1);
+  for (size_t b = 0; b < batch.features.size(); ++b) {
+    std::mt19937_64 rng(seed ^ (0x9E3779B97F4A7C15ULL * (batch.features[b] + 1)));
+    for (size_t t = b * T; t < (b + 1) * T; ++t) {
+      if (batch.labels[t] == kIgnoreIndex) continue;
+      if (uniform(rng) >= masking.probability) {
+        batch.labels[t] = kIgnoreIndex;
+        continue;
+      }
+      const double corruption = uniform(rng);
+      if (corruption < 0.8) batch.input_ids[t] = masking.mask_id;
+      else if (corruption < 0.9) batch.input_ids[t] = any_token(rng);
+    }
+  }
 }
 
 std::vector<Batch> make_batches(const FeatureSet& set, const BatchOptions& options) {

@@ -36,6 +36,7 @@ enum class TaskKind {
   QuestionAnswering,       // question + context -> answer span (text and char start)
   MultipleChoice,          // context (+ question) + choices -> index of the right choice
   CausalLM,                // text -> the text itself, each token predicted from the ones before
+  MaskedLM,                // text -> the text itself, a share of its tokens masked and predicted
 };
 
 // "sequence_classification", "regression", ... (the names parse_task_kind accepts).
@@ -217,6 +218,8 @@ struct TokenRow {
 //                    elsewhere (special tokens, continuation pieces)
 //   causal LM:       token_labels = input_ids (the causal_lm head shifts them: token t predicts
 //                    token t+1); padding gets kIgnoreIndex when batched
+//   masked LM:       token_labels = input_ids where a token may be masked, kIgnoreIndex at the
+//                    special tokens; mask_tokens() picks the masked ones per batch
 //   QA:              start_position / end_position = token indices of the answer, both 0 (the
 //                    CLS position) when truncation cut the answer off; context_offsets maps each
 //                    token to its code-point span in the context (none outside the context)
@@ -240,13 +243,27 @@ struct FeatureOptions {
   // feature of its own, consecutive windows sharing doc_stride context tokens (HF run_qa's
   // --doc_stride). 0: one window, the rest of the context truncated.
   size_t doc_stride = 0;
+  double mask_probability = 0.15;  // masked LM: the share of the tokens masked (MaskingOptions)
 };
+
+// Masked LM's corruption, as HF's DataCollatorForLanguageModeling: each maskable token is picked
+// with `probability`; a picked token becomes mask_id (80%), a random id in [0, vocab_size) (10%)
+// or stays (10%), and only the picked tokens are predicted.
+struct MaskingOptions {
+  int64_t mask_id = -1;
+  int64_t vocab_size = 0;
+  double probability = 0.15;
+};
+
+// The tokenizer's [MASK] (or <mask>) token and vocabulary size; throws when it has no mask token.
+MaskingOptions masking_options(const tokenizer::Tokenizer& tokenizer, double probability);
 
 struct FeatureSet {
   TaskKind task = TaskKind::SequenceClassification;
   size_t num_labels = 0;  // label map size (classification, multilabel, tagging)
   int64_t pad_id = 0, pad_type_id = 0;
   std::vector<Feature> features;  // one per example (QA with doc_stride: one per window), in dataset order
+  MaskingOptions masking;         // masked LM
 };
 
 // Tokenizes every example: pairs as (text, text_pair), QA as (question, context) (in windows when
@@ -299,7 +316,12 @@ struct BatchOptions {
 // order of all batches is shuffled (when shuffling). Deterministic for a given seed.
 std::vector<std::vector<size_t>> plan_batches(const FeatureSet& features, const BatchOptions& options);
 // Pads and stacks the given features (multiple choice: all with the same number of choices).
+// Masked LM: labels hold every maskable token until mask_tokens() picks.
 Batch collate(const FeatureSet& features, const std::vector<size_t>& indices);
+// Masked LM's collator step: corrupts a collated batch in place (MaskingOptions) and keeps as
+// labels only the picked tokens. Each row draws from its own stream, seeded by `seed` and its
+// feature index, so a row is masked alike in any batch and on any rank of a data-parallel run.
+void mask_tokens(Batch& batch, const MaskingOptions& masking, uint64_t seed);
 std::vector<Batch> make_batches(const FeatureSet& features, const BatchOptions& options);
 
 }  // namespace adapters::train

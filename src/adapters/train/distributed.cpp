@@ -10,7 +10,13 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <algorithm>
 #include <cstdlib>
+#include <mutex>
 #include <thread>
 
 #include "adapters/core/error.h"
@@ -139,41 +145,6 @@ DataParallel::~DataParallel() = default;
 int DataParallel::rank() const { return impl_->env.rank; }
 int DataParallel::world_size() const { return impl_->env.world_size; }
 
-std::int64_t DataParallel::average_gradients(const std::vector<Tensor>& parameters) {
-  torch::NoGradGuard no_grad;
-  std::int64_t reduced = 0;
-  const double scale = 1.0 / impl_->env.world_size;
-  std::size_t begin = 0;
-  while (begin < parameters.size()) {
-    // One bucket: consecutive parameters of one dtype up to kBucketBytes (at least one).
-    std::size_t end = begin;
-    std::int64_t bytes = 0;
-    while (end < parameters.size() && (end == begin || (bytes + parameters[end].nbytes() <= kBucketBytes &&
-                                                        parameters[end].scalar_type() == parameters[begin].scalar_type()))) {
-      bytes += static_cast<std::int64_t>(parameters[end].nbytes());
-      ++end;
-    }
-    std::vector<Tensor> grads;
-    for (std::size_t i = begin; i < end; ++i) {
-      Tensor p = parameters[i];
-      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-      grads.push_back(p.grad().reshape({-1}));
-    }
-    std::vector<Tensor> flat = {torch::cat(grads)};
-    impl_->wait(impl_->group->allreduce(flat), "averaging the gradients");
-    flat[0].mul_(scale);
-    std::int64_t offset = 0;
-    for (std::size_t i = begin; i < end; ++i) {
-      Tensor g = parameters[i].grad();
-      g.copy_(flat[0].narrow(0, offset, g.numel()).view_as(g));
-      offset += g.numel();
-    }
-    reduced += static_cast<std::int64_t>(flat[0].nbytes());
-    begin = end;
-  }
-  return reduced;
-}
-
 std::vector<double> DataParallel::sum(const std::vector<double>& values) {
   std::vector<Tensor> t = {torch::tensor(values, torch::kFloat64).to(impl_->device)};
   impl_->wait(impl_->group->allreduce(t), "summing over the ranks");
@@ -184,6 +155,158 @@ std::vector<double> DataParallel::sum(const std::vector<double>& values) {
 void DataParallel::barrier() {
   // An all-reduce of one value: Gloo's barrier does not name what it waited for.
   sum({0.0});
+}
+
+// ---- GradientReducer ----------------------------------------------------------------------------
+
+struct GradientReducer::State {
+  struct Bucket {
+    std::vector<std::size_t> members;  // indices into parameters
+    std::size_t pending = 0;           // members whose gradient is not final yet
+    Tensor flat;                       // the members' gradients, then one presence flag per member
+    c10::intrusive_ptr<c10d::Work> work;
+  };
+
+  DataParallel::Impl* parallel = nullptr;
+  std::vector<Tensor> parameters;
+  std::vector<std::size_t> bucket_of;
+  std::vector<bool> final_grad;
+  std::vector<Bucket> buckets;
+  std::size_t launched = 0;  // buckets [0, launched) are under way
+  std::size_t launched_during_backward = 0;
+  bool armed = false;
+  std::mutex mutex;
+  // Held here: autograd keeps an accumulator (and so its hook) only while a graph refers to it.
+  std::vector<std::pair<std::shared_ptr<torch::autograd::Node>, std::uintptr_t>> hooks;
+
+  // No gradient is final yet, no bucket under way.
+  void reset() {
+    launched = 0;
+    launched_during_backward = 0;
+    std::fill(final_grad.begin(), final_grad.end(), false);
+    for (auto& bucket : buckets) bucket.pending = bucket.members.size();
+  }
+
+  // Flattens a bucket's gradients (zeros where this rank has none) and starts its all-reduce.
+  void launch(Bucket& bucket) {
+    torch::NoGradGuard no_grad;
+    std::vector<Tensor> parts;
+    std::vector<double> present;
+    for (const std::size_t i : bucket.members) {
+      const Tensor& g = parameters[i].grad();
+      parts.push_back(g.defined() ? g.reshape({-1}) : torch::zeros({parameters[i].numel()}, parameters[i].options()));
+      present.push_back(g.defined() ? 1.0 : 0.0);
+    }
+    parts.push_back(torch::tensor(present, parameters[bucket.members.front()].options()));
+    bucket.flat = torch::cat(parts);
+    std::vector<Tensor> tensors{bucket.flat};
+    bucket.work = parallel->group->allreduce(tensors);
+  }
+
+  // Starts every bucket, in order, whose gradients are all final (or all, when `all`).
+  void launch_ready(bool all) {
+    while (launched < buckets.size() && (all || buckets[launched].pending == 0)) launch(buckets[launched++]);
+  }
+
+  void on_final_gradient(std::size_t i) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!armed || final_grad[i]) return;
+    final_grad[i] = true;
+    --buckets[bucket_of[i]].pending;
+    launch_ready(false);
+    launched_during_backward = launched;
+  }
+};
+
+namespace {
+
+// Called by autograd after a parameter's gradient accumulator has added this pass's gradient.
+class FinalGradientHook : public torch::autograd::FunctionPostHook {
+ public:
+  FinalGradientHook(std::weak_ptr<GradientReducer::State> state, std::size_t index) : state_(std::move(state)), index_(index) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list&) override {
+    if (auto state = state_.lock()) state->on_final_gradient(index_);
+    return outputs;
+  }
+
+ private:
+  std::weak_ptr<GradientReducer::State> state_;
+  std::size_t index_;
+};
+
+}  // namespace
+
+GradientReducer::GradientReducer(DataParallel& parallel, std::vector<Tensor> parameters) : state_(std::make_shared<State>()) {
+  State& s = *state_;
+  s.parallel = parallel.impl_.get();
+  s.parameters = std::move(parameters);
+  s.bucket_of.resize(s.parameters.size());
+  s.final_grad.assign(s.parameters.size(), false);
+  std::int64_t total = 0, bytes = 0;
+  for (const Tensor& p : s.parameters) total += static_cast<std::int64_t>(p.nbytes());
+  const std::int64_t cap = std::clamp(total / 4, DataParallel::kMinBucketBytes, DataParallel::kBucketBytes);
+  for (std::size_t k = s.parameters.size(); k-- > 0;) {  // backward reaches the last parameters first
+    const Tensor& p = s.parameters[k];
+    const bool fits = !s.buckets.empty() && bytes + static_cast<std::int64_t>(p.nbytes()) <= cap &&
+                      p.scalar_type() == s.parameters[s.buckets.back().members.front()].scalar_type();
+    if (!fits) {
+      s.buckets.emplace_back();
+      bytes = 0;
+    }
+    s.buckets.back().members.push_back(k);
+    bytes += static_cast<std::int64_t>(p.nbytes());
+    s.bucket_of[k] = s.buckets.size() - 1;
+  }
+  for (std::size_t k = 0; k < s.parameters.size(); ++k) {
+    auto accumulator = torch::autograd::impl::grad_accumulator(s.parameters[k]);
+    ADAPTERS_CHECK(accumulator != nullptr, "GradientReducer: parameter ", k, " is not a leaf that requires grad");
+    const std::uintptr_t key = accumulator->add_post_hook(std::make_unique<FinalGradientHook>(state_, k));
+    s.hooks.emplace_back(std::move(accumulator), key);
+  }
+}
+
+std::size_t GradientReducer::buckets() const { return state_->buckets.size(); }
+std::size_t GradientReducer::buckets_started_during_backward() const { return state_->launched_during_backward; }
+
+GradientReducer::~GradientReducer() {
+  for (auto& [accumulator, key] : state_->hooks) accumulator->del_post_hook(key);
+}
+
+void GradientReducer::arm() {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  state_->reset();
+  state_->armed = true;
+}
+
+std::int64_t GradientReducer::finish() {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  State& s = *state_;
+  torch::NoGradGuard no_grad;
+  if (!s.armed) s.reset();  // not armed: nothing was started during backward
+  s.launch_ready(/*all=*/true);
+  s.armed = false;
+  std::int64_t reduced = 0;
+  const double scale = 1.0 / s.parallel->env.world_size;
+  for (auto& bucket : s.buckets) {
+    s.parallel->wait(bucket.work, "averaging the gradients");
+    bucket.work.reset();
+    const auto n = static_cast<std::int64_t>(bucket.members.size());
+    const Tensor present = bucket.flat.narrow(0, bucket.flat.numel() - n, n).to(torch::kCPU, torch::kDouble);
+    const auto on_some_rank = present.accessor<double, 1>();
+    std::int64_t offset = 0;
+    for (std::int64_t m = 0; m < n; ++m) {
+      Tensor p = s.parameters[bucket.members[static_cast<std::size_t>(m)]];
+      const Tensor average = bucket.flat.narrow(0, offset, p.numel()).view_as(p).mul_(scale);
+      offset += p.numel();
+      if (on_some_rank[m] == 0) continue;  // no rank has a gradient: none, as in one process
+      if (p.grad().defined()) p.mutable_grad().copy_(average);
+      else p.mutable_grad() = average.clone();
+    }
+    reduced += static_cast<std::int64_t>(bucket.flat.nbytes());
+    bucket.flat = Tensor();
+  }
+  return reduced;
 }
 
 }  // namespace adapters::train

@@ -84,6 +84,7 @@ HeadTensors to_head_inputs(const Batch& batch, TaskKind task, torch::Device devi
       return {{"labels", long_tensor(batch.labels, {B}, device)}};
     case TaskKind::TokenClassification:
     case TaskKind::CausalLM:
+    case TaskKind::MaskedLM:
       return {{"labels", long_tensor(batch.labels, {B, batch.seq_len}, device)}};
     case TaskKind::Regression:
       return {{"labels", float_tensor(batch.float_labels, {B}, device)}};
@@ -173,13 +174,13 @@ Schedule parse_schedule(const std::string& name) {
   throw Error(str("option schedule: expected linear, cosine or constant, found '", name, "'"));
 }
 
-double lr_multiplier(Schedule schedule, int64_t step, int64_t warmup_steps, int64_t total_steps) {
+double lr_multiplier(Schedule schedule, int64_t step, int64_t warmup_steps, int64_t total_steps, double min_ratio) {
   if (step < warmup_steps) return static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, warmup_steps));
   if (schedule == Schedule::Constant) return 1.0;
   const double decay_steps = static_cast<double>(std::max<int64_t>(1, total_steps - warmup_steps));
-  const double progress = static_cast<double>(step - warmup_steps) / decay_steps;
-  if (schedule == Schedule::Linear) return std::max(0.0, 1.0 - progress);
-  return std::max(0.0, 0.5 * (1.0 + std::cos(M_PI * progress)));
+  const double progress = std::min(1.0, static_cast<double>(step - warmup_steps) / decay_steps);
+  const double decay = schedule == Schedule::Linear ? 1.0 - progress : 0.5 * (1.0 + std::cos(M_PI * progress));
+  return min_ratio + (1.0 - min_ratio) * decay;
 }
 
 void set_learning_rate(torch::optim::Optimizer& optimizer, double learning_rate) {
@@ -248,36 +249,30 @@ void load_adamw_state(torch::optim::AdamW& optimizer, const ParameterGroups& gro
 
 namespace {
 
-std::vector<int64_t> to_vector(const Tensor& t) {
-  const Tensor c = t.to(torch::kCPU, torch::kLong).contiguous().view(-1);
-  return {c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel()};
-}
-
 std::vector<double> to_doubles(const Tensor& t) {
   const Tensor c = t.to(torch::kCPU, torch::kDouble).contiguous().view(-1);
   return {c.data_ptr<double>(), c.data_ptr<double>() + c.numel()};
 }
 
 // The highest-scoring answer span of one QA feature (start_logit + end_logit, at most 30 tokens,
-// both ends inside the context, as HF's postprocess_qa_predictions); none when the feature holds
-// no context.
+// both ends inside the context, as HF's postprocess_qa_predictions); a score of -inf when the
+// feature holds no context.
 struct SpanChoice {
   double score = -std::numeric_limits<double>::infinity();
-  std::string text;
+  size_t start = 0, end = 0;  // token indices
+  size_t feature = 0;         // the window it lies in
 };
 
-SpanChoice best_span(const Tensor& start, const Tensor& end, const Example& example, const Feature& feature) {
+SpanChoice best_span(const Tensor& start, const Tensor& end, const Feature& feature) {
   const auto s = to_doubles(start), e = to_doubles(end);
   const auto in_context = [&](size_t t) { return t < feature.context_offsets.size() && feature.context_offsets[t].has_value(); };
   SpanChoice best;
-  size_t best_start = 0, best_end = 0;
   for (size_t i = 0; i < s.size(); ++i) {
     if (!in_context(i)) continue;
     for (size_t j = i; j < e.size() && j < i + 30; ++j) {
-      if (in_context(j) && s[i] + e[j] > best.score) best.score = s[i] + e[j], best_start = i, best_end = j;
+      if (in_context(j) && s[i] + e[j] > best.score) best.score = s[i] + e[j], best.start = i, best.end = j;
     }
   }
-  if (std::isfinite(best.score)) best.text = span_text(example, feature, best_start, best_end);
   return best;
 }
 
@@ -291,90 +286,218 @@ int64_t predicted_token_count(const Batch& batch) {
   return n;
 }
 
+int64_t labelled_token_count(const Batch& batch) {
+  return std::count_if(batch.labels.begin(), batch.labels.end(), [](int64_t l) { return l != kIgnoreIndex; });
+}
+
+// The name of the one masked_lm head that the active head setup runs, if that is the setup.
+std::optional<std::string> single_masked_lm_head(const AdapterModelImpl& model) {
+  const auto& setup = model.active_head();
+  if (!setup || !setup->is_adapter() || !model.has_head(setup->name)) return std::nullopt;
+  const auto& config = model.head(setup->name).config();
+  if (config.value("head_type", std::string()) != "masked_lm") return std::nullopt;
+  return setup->name;
+}
+
+}  // namespace
+
+ModelOutput forward_batch(AdapterModelImpl& model, const Batch& batch, TaskKind task, torch::Device device) {
+  ForwardOptions options;
+  options.adapter_per_row = batch.adapters;  // multi-tenant data: each row's own adapter
+  const std::optional<std::string> mlm_head = task == TaskKind::MaskedLM ? single_masked_lm_head(model) : std::nullopt;
+  if (!mlm_head) {
+    options.head_inputs = to_head_inputs(batch, task, device);
+    return model.forward(inputs_for(model, batch, device), options);
+  }
+  // Masked LM: the vocabulary projection only at the masked positions, all that its loss needs.
+  options.skip_heads = true;
+  ModelOutput out = model.forward(inputs_for(model, batch, device), options);
+  const Tensor labels = long_tensor(batch.labels, {batch.batch_size, batch.seq_len}, device);
+  const Tensor picked = labels.ne(kIgnoreIndex);
+  heads::HeadInputs head_inputs;
+  head_inputs.hidden = out.last_hidden_state.index({picked}).unsqueeze(0);  // (1,M,C)
+  head_inputs.extra["labels"] = labels.index({picked}).unsqueeze(0);        // (1,M)
+  out.loss = model.head(*mlm_head).forward(head_inputs).loss;
+  return out;
+}
+
+double loss_weight(const Batch& batch, TaskKind task) {
+  if (task == TaskKind::CausalLM) return static_cast<double>(predicted_token_count(batch));
+  if (task == TaskKind::MaskedLM || task == TaskKind::TokenClassification) return static_cast<double>(labelled_token_count(batch));
+  return static_cast<double>(batch.batch_size);
+}
+
+namespace {
+
+// The seed of evaluation's masking: every evaluation masks the same tokens.
+constexpr uint64_t kEvalMaskingSeed = 0x5EEDULL;
+
+// One evaluation batch as numbers, so that the ranks of a data-parallel run can each evaluate a
+// share of the batches and sum their records into every batch's: the loss times its weight, the
+// weight, then by task the predicted class ids ((B), tagging (B,T)), the regression outputs (B*K),
+// or every QA row's best span (score, start, end).
+size_t record_size(const Batch& batch, TaskKind task, bool spans) {
+  switch (task) {
+    case TaskKind::SequenceClassification:
+    case TaskKind::MultipleChoice: return 2 + static_cast<size_t>(batch.batch_size);
+    case TaskKind::TokenClassification: return 2 + static_cast<size_t>(batch.batch_size * batch.seq_len);
+    case TaskKind::Regression: return 2 + batch.float_labels.size();
+    case TaskKind::QuestionAnswering: return 2 + (spans ? 3 * static_cast<size_t>(batch.batch_size) : 0);
+    case TaskKind::MultiLabel:
+    case TaskKind::CausalLM:
+    case TaskKind::MaskedLM: return 2;
+  }
+  return 2;
+}
+
+void write_record(AdapterModelImpl& model, const FeatureSet& features, const Batch& batch, torch::Device device, bool spans,
+                  std::vector<double>& record) {
+  const ModelOutput out = forward_batch(model, batch, features.task, device);
+  ADAPTERS_CHECK(out.loss.defined(), "evaluate: the model returned no loss (expected an active head for task ",
+                 to_string(features.task), ")");
+  // The loss averages over the batch's rows (HF Trainer's evaluation), or over its tokens for LMs.
+  const bool per_token = features.task == TaskKind::CausalLM || features.task == TaskKind::MaskedLM;
+  const double weight = per_token ? loss_weight(batch, features.task) : static_cast<double>(batch.batch_size);
+  record[0] = weight > 0 ? out.loss.item<double>() * weight : 0.0;  // a batch predicting nothing has a NaN loss
+  record[1] = weight;
+  std::vector<double> outputs;
+  switch (features.task) {
+    case TaskKind::SequenceClassification:
+    case TaskKind::MultipleChoice:
+    case TaskKind::TokenClassification: outputs = to_doubles(out.head.at("logits").argmax(-1)); break;
+    case TaskKind::Regression: outputs = to_doubles(out.head.at("logits")); break;
+    case TaskKind::QuestionAnswering:
+      for (int64_t b = 0; spans && b < batch.batch_size; ++b) {
+        const Feature& f = features.features[batch.features[static_cast<size_t>(b)]];
+        const SpanChoice span = best_span(out.head.at("start_logits")[b], out.head.at("end_logits")[b], f);
+        outputs.insert(outputs.end(), {span.score, static_cast<double>(span.start), static_cast<double>(span.end)});
+      }
+      break;
+    case TaskKind::MultiLabel:
+    case TaskKind::CausalLM:
+    case TaskKind::MaskedLM: break;
+  }
+  ADAPTERS_CHECK(outputs.size() + 2 == record.size(), "evaluate: the head gave ", outputs.size(), " outputs for a batch of ",
+                 batch.batch_size, " (expected ", record.size() - 2, ": does the head's number of labels fit the data?)");
+  std::copy(outputs.begin(), outputs.end(), record.begin() + 2);
+}
+
+// Evaluation's totals, batch record by batch record, in the order of the plan.
+class EvalTally {
+ public:
+  EvalTally(const FeatureSet& features, const Dataset* dataset) : features_(features), dataset_(dataset) {}
+
+  void add(const Batch& batch, const std::vector<double>& record) {
+    loss_sum_ += record[0];
+    weight_sum_ += record[1];
+    const auto outputs = record.begin() + 2;
+    switch (features_.task) {
+      case TaskKind::SequenceClassification:
+      case TaskKind::MultipleChoice:
+      case TaskKind::TokenClassification:
+        for (auto it = outputs; it != record.end(); ++it) predictions_.push_back(static_cast<int64_t>(*it));
+        gold_.insert(gold_.end(), batch.labels.begin(), batch.labels.end());
+        break;
+      case TaskKind::Regression:
+        predicted_values_.insert(predicted_values_.end(), outputs, record.end());
+        gold_values_.insert(gold_values_.end(), batch.float_labels.begin(), batch.float_labels.end());
+        break;
+      case TaskKind::QuestionAnswering:
+        if (dataset_ == nullptr) break;
+        for (int64_t b = 0; b < batch.batch_size; ++b) {
+          const Feature& f = features_.features[batch.features[static_cast<size_t>(b)]];
+          const SpanChoice span{outputs[3 * b], static_cast<size_t>(outputs[3 * b + 1]), static_cast<size_t>(outputs[3 * b + 2]),
+                                batch.features[static_cast<size_t>(b)]};
+          SpanChoice& kept = answer_of_[f.example];
+          if (span.score > kept.score) kept = span;
+        }
+        break;
+      case TaskKind::MultiLabel:
+      case TaskKind::CausalLM:
+      case TaskKind::MaskedLM: break;
+    }
+  }
+
+  EvalResult result() {
+    const TaskKind task = features_.task;
+    const bool per_token = task == TaskKind::CausalLM || task == TaskKind::MaskedLM;
+    ADAPTERS_CHECK(!per_token || weight_sum_ > 0, "evaluate: the ", to_string(task), " features predict no token",
+                   task == TaskKind::CausalLM ? " (every text is a single token)" : " (no token was masked)");
+    EvalResult result;
+    result.loss = loss_sum_ / weight_sum_;
+    result.metrics["loss"] = result.loss;
+    result.predictions = predictions_;
+    if (per_token) result.metrics["perplexity"] = std::exp(result.loss);
+    if (predicts_classes(task)) {
+      result.metrics["accuracy"] = accuracy(gold_, predictions_);
+      result.metrics["macro_f1"] = macro_f1(gold_, predictions_);
+      result.metrics["mcc"] = matthews_corrcoef(gold_, predictions_);
+    } else if (task == TaskKind::TokenClassification) {
+      const double f1 = token_f1(gold_, predictions_).f1;
+      result.metrics["token_f1"] = f1;
+      result.metrics["accuracy"] = f1;  // every position counts: accuracy
+    } else if (task == TaskKind::Regression) {
+      result.metrics["pearson"] = pearson(gold_values_, predicted_values_);
+      result.metrics["spearman"] = spearman(gold_values_, predicted_values_);
+    } else if (!answer_of_.empty()) {
+      std::vector<std::string> answers;
+      std::vector<std::vector<std::string>> gold_answers;
+      for (const auto& [example, span] : answer_of_) {
+        answers.push_back(std::isfinite(span.score) ? span_text(dataset_->examples.at(example), features_.features[span.feature], span.start, span.end) : "");
+        gold_answers.emplace_back();
+        for (const auto& a : dataset_->examples.at(example).answers) gold_answers.back().push_back(a.text);
+      }
+      const QaScores qa = squad_scores(answers, gold_answers);
+      result.metrics["exact_match"] = qa.exact_match;
+      result.metrics["f1"] = qa.f1;
+    }
+    return result;
+  }
+
+ private:
+  const FeatureSet& features_;
+  const Dataset* dataset_;
+  double loss_sum_ = 0, weight_sum_ = 0;
+  std::vector<int64_t> gold_, predictions_;
+  std::vector<double> gold_values_, predicted_values_;
+  std::map<size_t, SpanChoice> answer_of_;  // QA: the best span over each example's windows
+};
+
 }  // namespace
 
 EvalResult evaluate(AdapterModelImpl& model, const FeatureSet& features, size_t batch_size, torch::Device device,
-                    const Dataset* dataset) {
+                    const Dataset* dataset, DataParallel* parallel) {
   ADAPTERS_CHECK(!features.features.empty(), "evaluate: expected features, found an empty set");
   const bool was_training = model.is_training();
   model.eval();
   torch::NoGradGuard no_grad;
-  EvalResult result;
-  std::vector<int64_t> gold;
-  std::vector<double> gold_values, predicted_values;
-  std::map<size_t, SpanChoice> answer_of;  // QA: the best span over each example's windows
-  double loss_sum = 0;
-  double predicted_tokens = 0;  // causal LM: the loss is the mean over predicted tokens, not examples
-  for (const auto& indices : plan_batches(features, {batch_size, false})) {
-    const Batch batch = collate(features, indices);
-    ForwardOptions options;
-    options.head_inputs = to_head_inputs(batch, features.task, device);
-    options.adapter_per_row = batch.adapters;  // multi-tenant data: each row's own adapter
-    const ModelOutput out = model.forward(inputs_for(model, batch, device), options);
-    ADAPTERS_CHECK(out.loss.defined(), "evaluate: the model returned no loss (expected an active head for task ",
-                   to_string(features.task), ")");
-    const double weight = features.task == TaskKind::CausalLM ? static_cast<double>(predicted_token_count(batch))
-                                                               : static_cast<double>(batch.batch_size);
-    if (weight > 0) loss_sum += out.loss.item<double>() * weight;  // a batch predicting nothing has a NaN loss
-    predicted_tokens += features.task == TaskKind::CausalLM ? weight : 0.0;
-    switch (features.task) {
-      case TaskKind::SequenceClassification:
-      case TaskKind::MultipleChoice:
-      case TaskKind::TokenClassification: {
-        const auto predicted = to_vector(out.head.at("logits").argmax(-1));
-        result.predictions.insert(result.predictions.end(), predicted.begin(), predicted.end());
-        gold.insert(gold.end(), batch.labels.begin(), batch.labels.end());
-        break;
-      }
-      case TaskKind::Regression: {
-        const auto predicted = to_doubles(out.head.at("logits"));
-        predicted_values.insert(predicted_values.end(), predicted.begin(), predicted.end());
-        gold_values.insert(gold_values.end(), batch.float_labels.begin(), batch.float_labels.end());
-        break;
-      }
-      case TaskKind::QuestionAnswering:
-        if (dataset == nullptr) break;
-        for (int64_t b = 0; b < batch.batch_size; ++b) {
-          const Feature& f = features.features[batch.features[static_cast<size_t>(b)]];
-          SpanChoice span = best_span(out.head.at("start_logits")[b], out.head.at("end_logits")[b], dataset->examples.at(f.example), f);
-          SpanChoice& kept = answer_of[f.example];
-          if (span.score > kept.score) kept = std::move(span);
-        }
-        break;
-      case TaskKind::MultiLabel:
-      case TaskKind::CausalLM: break;
-    }
+  const bool spans = features.task == TaskKind::QuestionAnswering && dataset != nullptr;
+  const auto plan = plan_batches(features, {batch_size, false});
+  const auto batch_at = [&](size_t b) {
+    Batch batch = collate(features, plan[b]);
+    if (features.task == TaskKind::MaskedLM) mask_tokens(batch, features.masking, kEvalMaskingSeed);
+    return batch;
+  };
+  const int rank = parallel != nullptr ? parallel->rank() : 0, world = parallel != nullptr ? parallel->world_size() : 1;
+  // Every batch's record, one after the other: rank r runs batches r, r + world, ...; the ranks'
+  // records are then summed, so that every rank holds all of them.
+  std::vector<double> records;
+  std::vector<size_t> offsets{0};
+  for (size_t b = 0; b < plan.size(); ++b) {
+    const Batch batch = batch_at(b);
+    std::vector<double> record(record_size(batch, features.task, spans), 0.0);
+    if (static_cast<int>(b % static_cast<size_t>(world)) == rank) write_record(model, features, batch, device, spans, record);
+    records.insert(records.end(), record.begin(), record.end());
+    offsets.push_back(records.size());
   }
   model.train(was_training);
-  const bool causal = features.task == TaskKind::CausalLM;
-  ADAPTERS_CHECK(!causal || predicted_tokens > 0, "evaluate: causal LM features predict no token (every text is a single token)");
-  result.loss = loss_sum / (causal ? predicted_tokens : static_cast<double>(features.features.size()));
-  result.metrics["loss"] = result.loss;
-  if (causal) result.metrics["perplexity"] = std::exp(result.loss);
-  if (predicts_classes(features.task)) {
-    result.metrics["accuracy"] = accuracy(gold, result.predictions);
-    result.metrics["macro_f1"] = macro_f1(gold, result.predictions);
-    result.metrics["mcc"] = matthews_corrcoef(gold, result.predictions);
-  } else if (features.task == TaskKind::TokenClassification) {
-    const double f1 = token_f1(gold, result.predictions).f1;
-    result.metrics["token_f1"] = f1;
-    result.metrics["accuracy"] = f1;  // every position counts: accuracy
-  } else if (features.task == TaskKind::Regression) {
-    result.metrics["pearson"] = pearson(gold_values, predicted_values);
-    result.metrics["spearman"] = spearman(gold_values, predicted_values);
-  } else if (!answer_of.empty()) {
-    std::vector<std::string> answers;
-    std::vector<std::vector<std::string>> gold_answers;
-    for (const auto& [example, span] : answer_of) {
-      answers.push_back(span.text);
-      gold_answers.emplace_back();
-      for (const auto& a : dataset->examples.at(example).answers) gold_answers.back().push_back(a.text);
-    }
-    const QaScores qa = squad_scores(answers, gold_answers);
-    result.metrics["exact_match"] = qa.exact_match;
-    result.metrics["f1"] = qa.f1;
+  if (parallel != nullptr) records = parallel->sum(records);
+  EvalTally tally(features, dataset);
+  for (size_t b = 0; b < plan.size(); ++b) {
+    const auto begin = records.begin();
+    tally.add(batch_at(b), std::vector<double>(begin + static_cast<std::ptrdiff_t>(offsets[b]), begin + static_cast<std::ptrdiff_t>(offsets[b + 1])));
   }
-  return result;
+  return tally.result();
 }
 
 // ---- checkpoints --------------------------------------------------------------------------------
@@ -588,7 +711,8 @@ void check_options(const TrainerOptions& o) {
                                     {"eval_every_steps (--eval-every)", o.eval_every_steps},
                                     {"warmup_steps", o.warmup_steps},
                                     {"early_stopping_patience (--patience)", o.early_stopping_patience},
-                                    {"log_every", o.log_every}}) {
+                                    {"log_every", o.log_every},
+                                    {"save_total_limit (--save-total-limit)", o.save_total_limit}}) {
     ADAPTERS_CHECK(value >= 0, "option ", name, ": expected >= 0, found ", value);
   }
   ADAPTERS_CHECK(o.epochs > 0 || o.max_steps > 0, "options epochs / max_steps: expected one > 0, found ", o.epochs,
@@ -601,6 +725,12 @@ void check_options(const TrainerOptions& o) {
                  "option weight_decay (--weight-decay): expected a finite value in [0, 1], found ", o.weight_decay);
   ADAPTERS_CHECK(std::isfinite(o.warmup_ratio) && o.warmup_ratio >= 0 && o.warmup_ratio <= 1,
                  "option warmup_ratio (--warmup-ratio): expected [0, 1], found ", o.warmup_ratio);
+  ADAPTERS_CHECK(std::isfinite(o.min_lr_ratio) && o.min_lr_ratio >= 0 && o.min_lr_ratio <= 1,
+                 "option min_lr_ratio: expected [0, 1], found ", o.min_lr_ratio);
+  ADAPTERS_CHECK(std::isfinite(o.time_limit_minutes) && o.time_limit_minutes >= 0,
+                 "option time_limit_minutes (--minutes): expected a finite value >= 0, found ", o.time_limit_minutes);
+  ADAPTERS_CHECK(!(o.time_limit_minutes > 0 && o.max_steps == 0 && o.warmup_ratio > 0 && o.warmup_steps == 0),
+                 "option warmup_ratio: a time limit gives no step count to take a share of; give warmup_steps");
   ADAPTERS_CHECK(std::isfinite(o.max_grad_norm), "option max_grad_norm (--max-grad-norm): expected a finite value ",
                  "(<= 0: no clipping), found ", o.max_grad_norm);
   ADAPTERS_CHECK(o.metric_for_best == "accuracy" || o.metric_for_best == "macro_f1" || o.metric_for_best == "loss",
@@ -638,17 +768,6 @@ std::vector<Series> chart_series(const TrainerState& state, const std::string& m
 
 namespace {
 
-// What the task's loss averages over in a batch: its rows, or its labelled tokens (tagging: the
-// labels not ignored; causal LM: the tokens predicted). A data-parallel rank weighs its loss by
-// its share of this, so that the ranks' mean is the loss of the whole batch.
-double loss_denominator(const Batch& batch, TaskKind task) {
-  if (task == TaskKind::CausalLM) return static_cast<double>(predicted_token_count(batch));
-  if (task == TaskKind::TokenClassification) {
-    return static_cast<double>(std::count_if(batch.labels.begin(), batch.labels.end(), [](int64_t l) { return l != kIgnoreIndex; }));
-  }
-  return static_cast<double>(batch.batch_size);
-}
-
 // Rank `rank` of `world`'s share of a batch: a contiguous, balanced slice (empty when the batch
 // has fewer rows than ranks).
 std::vector<size_t> shard(const std::vector<size_t>& batch, int rank, int world) {
@@ -667,7 +786,9 @@ class TrainingRun {
   TrainingRun(const TrainerOptions& o, AdapterModel& model, const FeatureSet& train, const FeatureSet* validation)
       : o_(o), model_(model), train_(train), validation_(validation), parallel_(o.parallel.get()),
         groups_(trainable_parameter_groups(*model)), trainable_(tensors_of(all_named(groups_))),
-        optimizer_(make_adamw(groups_, o.learning_rate, o.weight_decay)), schedule_(parse_schedule(o.schedule)) {}
+        optimizer_(make_adamw(groups_, o.learning_rate, o.weight_decay)), schedule_(parse_schedule(o.schedule)) {
+    if (parallel_ != nullptr) reducer_.emplace(*parallel_, trainable_);
+  }
 
   bool writes() const { return parallel_ == nullptr || parallel_->is_main(); }
 
@@ -688,12 +809,15 @@ class TrainingRun {
     const int64_t steps_per_epoch = (batches_per_epoch_ + o_.grad_accumulation - 1) / o_.grad_accumulation;
     total_steps_ = o_.max_steps > 0 ? o_.max_steps : o_.epochs * steps_per_epoch;
     warmup_steps_ = o_.warmup_steps > 0 ? o_.warmup_steps : static_cast<int64_t>(std::ceil(o_.warmup_ratio * total_steps_));
+    if (timed()) total_steps_ = std::max(total_steps_, state_.global_step + 1);  // re-estimated after each step
     result_.total_steps = total_steps_;
+    steps_at_start_ = state_.global_step;
+    started_ = std::chrono::steady_clock::now();
     if (!writes()) return;
     metrics_log_.emplace(o_.output_dir / "metrics.jsonl");
     if (o_.show_progress) {
       ProgressOptions p;
-      p.total_steps = static_cast<size_t>(total_steps_);
+      p.total_steps = timed() ? 0 : static_cast<size_t>(total_steps_);  // a time limit: no step count to show
       p.initial_step = static_cast<size_t>(state_.global_step);
       p.examples_per_step = static_cast<double>(o_.batch_size * static_cast<size_t>(o_.grad_accumulation));
       if (parallel_ != nullptr) p.description = str("train (", parallel_->world_size(), " processes)");
@@ -703,28 +827,29 @@ class TrainingRun {
 
   const TrainerState& state() const { return state_; }
   int64_t total_steps() const { return total_steps_; }
+  // The planned end: the steps planned, or the time limit.
+  bool done() const { return state_.global_step >= total_steps_; }
 
   // Forward and backward of this process's share of batch `b` of the epoch's plan, its loss scaled
   // by its share of the accumulation group (and, across ranks, of the batch).
-  void micro_batch(const std::vector<size_t>& indices, int64_t epoch, int64_t b, int64_t group_size) {
-    torch::manual_seed(micro_batch_seed(state_.seed, epoch, b));
-    double weight = 1.0;
-    std::vector<size_t> mine = indices;
+  void micro_batch(const std::vector<size_t>& indices, int64_t epoch, int64_t b, int64_t group_size, bool last_of_step) {
+    if (reducer_ && last_of_step) reducer_->arm();  // this backward's gradients are reduced as they come
+    const uint64_t seed = micro_batch_seed(state_.seed, epoch, b);
+    torch::manual_seed(seed);
+    const std::vector<size_t> mine = parallel_ != nullptr ? shard(indices, parallel_->rank(), parallel_->world_size()) : indices;
     std::optional<Batch> batch;
+    if (!mine.empty()) {
+      batch = collate(train_, mine);
+      if (train_.task == TaskKind::MaskedLM) mask_tokens(*batch, train_.masking, seed);
+    }
+    const double local = batch ? loss_weight(*batch, train_.task) : 0.0;
+    double weight = local > 0 ? 1.0 : 0.0;
     if (parallel_ != nullptr) {
-      mine = shard(indices, parallel_->rank(), parallel_->world_size());
-      if (!mine.empty()) batch = collate(train_, mine);
-      const double local = batch ? loss_denominator(*batch, train_.task) : 0.0;
       const double total = parallel_->sum({local}).front();
       weight = total > 0 ? local * parallel_->world_size() / total : 0.0;
-    } else {
-      batch = collate(train_, mine);
     }
-    if (!batch || weight == 0.0) return;  // nothing of this batch here: zero gradients
-    ForwardOptions forward;
-    forward.head_inputs = to_head_inputs(*batch, train_.task, o_.device);
-    forward.adapter_per_row = batch->adapters;  // multi-tenant data: each row trains its own adapter
-    const ModelOutput out = model_->forward(inputs_for(*model_, *batch, o_.device), forward);
+    if (weight == 0.0) return;  // nothing of this batch here (or nothing to predict): zero gradients
+    const ModelOutput out = forward_batch(*model_, *batch, train_.task, o_.device);
     ADAPTERS_CHECK(out.loss.defined(), "train: the model returned no loss (expected an active head for task ",
                    to_string(train_.task), ")");
     const Tensor loss = parallel_ != nullptr ? out.loss * weight : out.loss;
@@ -736,26 +861,21 @@ class TrainingRun {
     step_loss_ += value / static_cast<double>(group_size);
   }
 
-  // The one place after backward where gradients cross processes: averaged over the ranks.
+  // The one place after backward where gradients cross processes: averaged over the ranks (the
+  // reducer started most of it during the last backward pass).
   void reduce_gradients() {
-    if (parallel_ == nullptr) return;
-    // Only parameters with a gradient on some rank: one no rank touched stays without one, as in
-    // one process (AdamW skips it).
-    std::vector<double> present;
-    for (const auto& p : trainable_) present.push_back(p.grad().defined() ? 1.0 : 0.0);
-    present = parallel_->sum(present);
-    std::vector<Tensor> reduced;
-    for (size_t i = 0; i < trainable_.size(); ++i) {
-      if (present[i] > 0) reduced.push_back(trainable_[i]);
-    }
-    result_.reduced_bytes_per_step = parallel_->average_gradients(reduced);
+    if (!reducer_) return;
+    result_.reduced_bytes_per_step = reducer_->finish();
+    result_.gradient_buckets = static_cast<int64_t>(reducer_->buckets());
+    result_.buckets_during_backward = static_cast<int64_t>(reducer_->buckets_started_during_backward());
   }
 
   // Clipping (on the global norm: every rank holds the averaged gradients), the learning rate of
   // this step, AdamW.
   void optimizer_step() {
     if (o_.max_grad_norm > 0) torch::nn::utils::clip_grad_norm_(trainable_, o_.max_grad_norm);
-    set_learning_rate(*optimizer_, o_.learning_rate * lr_multiplier(schedule_, state_.global_step, warmup_steps_, total_steps_));
+    set_learning_rate(*optimizer_, o_.learning_rate * lr_multiplier(schedule_, state_.global_step, warmup_steps_, total_steps_,
+                                                                    o_.min_lr_ratio));
     optimizer_->step();
     optimizer_->zero_grad();
     ++state_.global_step;
@@ -766,14 +886,25 @@ class TrainingRun {
     }
   }
 
-  // The step's loss and the stop requests (Ctrl-C on any rank) agreed over the ranks; returns
-  // whether to stop.
+  // The step's loss, the stop requests (Ctrl-C on any rank) and the time taken agreed over the
+  // ranks; returns whether to stop. A run with a time limit re-estimates its steps from the time.
   bool agree(bool stop_requested) {
     double loss = step_loss_;
+    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
     if (parallel_ != nullptr) {
-      const std::vector<double> agreed = parallel_->sum({step_loss_, stop_requested ? 1.0 : 0.0});
+      const std::vector<double> agreed = parallel_->sum({step_loss_, stop_requested ? 1.0 : 0.0, elapsed});
       loss = agreed[0] / parallel_->world_size();
       stop_requested = agreed[1] > 0;
+      elapsed = agreed[2] / parallel_->world_size();
+    }
+    if (timed()) {
+      const double limit = o_.time_limit_minutes * 60;
+      const int64_t done = state_.global_step - steps_at_start_;
+      if (done > 0 && elapsed > 0) {
+        total_steps_ = std::max(state_.global_step + 1, state_.global_step + static_cast<int64_t>(std::llround(static_cast<double>(done) * (limit - elapsed) / elapsed)));
+      }
+      if (elapsed >= limit) total_steps_ = state_.global_step;  // time is up: this step was the last
+      result_.total_steps = total_steps_;
     }
     step_loss_ = 0;
     loss_since_log_ += loss;
@@ -805,12 +936,12 @@ class TrainingRun {
     }
   }
 
-  // Evaluates (when there is validation data: every rank the whole set, so that all agree),
+  // Evaluates (when there is validation data: each rank a share of it, all with the same metrics),
   // logs, checkpoints and tracks the best; returns whether early stopping says to stop.
   bool evaluate_and_checkpoint() {
     bool improved = false;
     if (validation_ != nullptr) {
-      const EvalResult eval = evaluate(*model_, *validation_, o_.batch_size, o_.device);
+      const EvalResult eval = evaluate(*model_, *validation_, o_.batch_size, o_.device, nullptr, parallel_);
       const EvalRecord record{state_.global_step, fractional_epoch(), eval.metrics};
       state_.evaluations.push_back(record);
       if (metrics_log_) metrics_log_->write({state_.global_step, record.epoch, "validation", eval.metrics});
@@ -837,9 +968,27 @@ class TrainingRun {
 
   fs::path checkpoint() {
     const fs::path dir = o_.output_dir / ("checkpoint-" + std::to_string(state_.global_step));
-    if (writes()) write_checkpoint(dir, groups_, *optimizer_, state_);
+    if (writes()) {
+      write_checkpoint(dir, groups_, *optimizer_, state_);
+      remove_old_checkpoints();
+    }
     result_.last_checkpoint = dir;
     return dir;
+  }
+
+  // save_total_limit: only the newest checkpoints stay (best/ is a copy of its own).
+  void remove_old_checkpoints() const {
+    if (o_.save_total_limit <= 0) return;
+    std::vector<std::pair<int64_t, fs::path>> checkpoints;
+    for (const auto& entry : fs::directory_iterator(o_.output_dir)) {
+      const std::string name = entry.path().filename().string();
+      if (!entry.is_directory() || name.rfind("checkpoint-", 0) != 0) continue;
+      const std::string digits = name.substr(11);
+      if (digits.empty() || digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+      checkpoints.emplace_back(std::stoll(digits), entry.path());
+    }
+    std::sort(checkpoints.begin(), checkpoints.end());
+    for (size_t i = 0; i + static_cast<size_t>(o_.save_total_limit) < checkpoints.size(); ++i) io::remove_tree(checkpoints[i].second);
   }
 
   void say(const std::string& line) {
@@ -867,6 +1016,8 @@ class TrainingRun {
   }
 
  private:
+  bool timed() const { return o_.time_limit_minutes > 0 && o_.max_steps == 0; }
+
   double fractional_epoch() const {
     return static_cast<double>(state_.epoch) + static_cast<double>(state_.batch_in_epoch) / batches_per_epoch_;
   }
@@ -880,9 +1031,11 @@ class TrainingRun {
   const std::vector<Tensor> trainable_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   const Schedule schedule_;
+  std::optional<GradientReducer> reducer_;
   TrainerState state_;
   TrainResult result_;
-  int64_t batches_per_epoch_ = 0, total_steps_ = 0, warmup_steps_ = 0;
+  int64_t batches_per_epoch_ = 0, total_steps_ = 0, warmup_steps_ = 0, steps_at_start_ = 0;
+  std::chrono::steady_clock::time_point started_;
   std::optional<MetricsLog> metrics_log_;
   std::optional<ProgressBar> progress_;
   double step_loss_ = 0, loss_since_log_ = 0;
@@ -917,7 +1070,7 @@ TrainResult Trainer::train(AdapterModel& model, const FeatureSet& train_set, con
 
   Bf16Autocast autocast(o.bf16, o.device);
   std::string status = "completed";
-  bool stop = run.state().global_step >= run.total_steps();
+  bool stop = run.done();
   const int64_t start_epoch = run.state().epoch, start_batch = run.state().batch_in_epoch;
   const uint64_t seed = run.state().seed;
   for (int64_t epoch = start_epoch; !stop; ++epoch) {
@@ -926,8 +1079,9 @@ TrainResult Trainer::train(AdapterModel& model, const FeatureSet& train_set, con
     for (int64_t b = epoch == start_epoch ? start_batch : 0; b < n && !stop; ++b) {
       const int64_t group_start = b - b % o.grad_accumulation;
       const int64_t group_size = std::min<int64_t>(o.grad_accumulation, n - group_start);
-      run.micro_batch(plan[static_cast<size_t>(b)], epoch, b, group_size);
-      if (b + 1 != group_start + group_size) continue;
+      const bool last_of_step = b + 1 == group_start + group_size;
+      run.micro_batch(plan[static_cast<size_t>(b)], epoch, b, group_size, last_of_step);
+      if (!last_of_step) continue;
 
       run.reduce_gradients();
       run.optimizer_step();
@@ -936,7 +1090,7 @@ TrainResult Trainer::train(AdapterModel& model, const FeatureSet& train_set, con
       run.record_step(epoch, b, n);
 
       const bool epoch_done = b + 1 == n;
-      const bool last = run.state().global_step >= run.total_steps();
+      const bool last = run.done();
       const bool due = o.eval_every_steps > 0 ? run.state().global_step % o.eval_every_steps == 0 : epoch_done;
       if (due || last) {
         if (run.evaluate_and_checkpoint() && !last) {

@@ -65,9 +65,10 @@ enum class Schedule { Linear, Cosine, Constant };
 Schedule parse_schedule(const std::string& name);  // "linear" | "cosine" | "constant"
 
 // The multiplier of the base learning rate before optimizer step `step` (0-based): linear
-// warm-up from 0 over `warmup_steps`, then linear / cosine decay to 0 at `total_steps`
-// (constant: 1 after warm-up), as HF's get_*_schedule_with_warmup.
-double lr_multiplier(Schedule schedule, int64_t step, int64_t warmup_steps, int64_t total_steps);
+// warm-up from 0 over `warmup_steps`, then linear / cosine decay to `min_ratio` (default 0) at
+// `total_steps` (constant: 1 after warm-up), as HF's get_*_schedule_with_warmup (and its
+// cosine_with_min_lr).
+double lr_multiplier(Schedule schedule, int64_t step, int64_t warmup_steps, int64_t total_steps, double min_ratio = 0.0);
 
 // Sets every group's learning rate.
 void set_learning_rate(torch::optim::Optimizer& optimizer, double learning_rate);
@@ -92,13 +93,25 @@ struct EvalResult {
   std::vector<int64_t> predictions;       // class / choice ids, in feature order (class tasks)
 };
 
+// The model's output on a batch, with the task's targets for the active head. Masked LM with one
+// masked_lm head runs it only at the masked positions: the vocabulary projection of the rest is
+// not needed by the loss (the output then has the loss, not the logits).
+ModelOutput forward_batch(AdapterModelImpl& model, const Batch& batch, TaskKind task, torch::Device device);
+// What the task's training loss averages over in a batch: its rows, its labelled tokens (tagging,
+// masked LM) or its predicted tokens (causal LM). A data-parallel rank weighs its loss by its
+// share of this, so that the ranks' mean is the loss of the whole batch.
+double loss_weight(const Batch& batch, TaskKind task);
+
 // Runs the active setup over `features` without gradients in eval mode (the previous mode is
 // restored). Every task gets loss; classification and multiple choice accuracy, macro F1 and
 // MCC; regression Pearson and Spearman; token classification token-level F1 (and accuracy);
 // question answering exact match and F1 of the predicted spans when `dataset` (the examples the
-// features were made from) is given; causal LM perplexity, exp of the mean NLL per predicted token.
+// features were made from) is given; causal and masked LM perplexity, exp of the mean NLL per
+// predicted token (masked LM: of a fixed masking, the same at every evaluation). With `parallel`,
+// each rank runs every world-th batch and the metrics are computed from all of them on every
+// rank: the same result as one process.
 EvalResult evaluate(AdapterModelImpl& model, const FeatureSet& features, size_t batch_size, torch::Device device,
-                    const Dataset* dataset = nullptr);
+                    const Dataset* dataset = nullptr, DataParallel* parallel = nullptr);
 
 // ---- the trainer --------------------------------------------------------------------------------
 
@@ -110,6 +123,7 @@ struct TrainerOptions {
   double warmup_ratio = 0.0;       // of the total optimizer steps; warmup_steps wins when > 0
   int64_t warmup_steps = 0;
   std::string schedule = "linear"; // "linear" | "cosine" | "constant"
+  double min_lr_ratio = 0.0;       // where linear / cosine decay ends, as a share of learning_rate
   double max_grad_norm = 1.0;      // <= 0: no clipping
   int64_t grad_accumulation = 1;   // micro-batches per optimizer step
   int64_t eval_every_steps = 0;    // 0: evaluate (and checkpoint) at the end of each epoch
@@ -117,9 +131,13 @@ struct TrainerOptions {
   std::string metric_for_best = "accuracy";  // "accuracy" | "macro_f1" | "loss"
   uint64_t seed = 42;              // data order per epoch; torch's generator is reseeded per micro-batch
   std::filesystem::path output_dir;  // required: metrics.jsonl, curves.svg, checkpoint-<step>/, best/
+  int64_t save_total_limit = 0;      // > 0: keep only the newest N checkpoint-<step>/ (HF's save_total_limit)
   bool overwrite = false;            // replace a run already in output_dir
   std::filesystem::path resume_from; // a checkpoint folder to continue from
   int64_t max_steps = 0;             // > 0: train this many optimizer steps (overrides epochs)
+  // > 0 (and no max_steps): train until this much time has passed, then end as planned; the
+  // schedule runs over the steps the time is estimated to hold, re-estimated after every step.
+  double time_limit_minutes = 0;
   bool bucket_by_length = false;
   int64_t log_every = 10;            // optimizer steps between train-loss log lines
   bool bf16 = false;                 // bf16 autocast where the libtorch supports it
@@ -152,6 +170,8 @@ struct TrainResult {
   std::filesystem::path best_checkpoint;  // output_dir/best, when there was an evaluation
   std::filesystem::path last_checkpoint;  // the latest checkpoint-<step>
   int64_t reduced_bytes_per_step = 0;     // gradient bytes all-reduced per optimizer step (data parallel)
+  int64_t gradient_buckets = 0;           // all-reduces per optimizer step (data parallel), of them
+  int64_t buckets_during_backward = 0;    // the ones started while backward ran (the last step)
 };
 
 // Where a run stands; trainer_state.json of a checkpoint.
