@@ -124,4 +124,32 @@ TEST(ModelConfigTest, KeyTableMapsEverySpelling) {
 }
 
 }  // namespace
+
+// Input that drives recursion is bounded where it is read: a JSON document nested past 128 levels
+// (copying or printing it would overflow the stack) is refused naming the file; a setup string
+// nested past 32 blocks is refused, its message quoting an excerpt, not the whole input.
+TEST(Hardening, DeeplyNestedJsonIsRefusedNamingTheFile) {
+  TempDir tmp;
+  const std::size_t depth = 1000000;
+  io::write_file_atomic(tmp / "config.json", "{\"model_type\": \"bert\", \"x\": " + std::string(depth, '[') +
+                                                 std::string(depth, ']') + "}");
+  const std::string e = error_of([&] { models::load_model_config(tmp / "config.json"); });
+  EXPECT_NE(e.find("nested deeper than 128 levels"), std::string::npos) << e.substr(0, 300);
+  EXPECT_NE(e.find((tmp / "config.json").string()), std::string::npos) << e.substr(0, 300);
+  EXPECT_LT(e.size(), 600u);
+  // 100 levels are still read.
+  io::write_file_atomic(tmp / "ok.json", "{\"model_type\": \"bert\", \"x\": " + std::string(100, '[') + std::string(100, ']') + "}");
+  EXPECT_NO_THROW(parse_json_file_text(io::read_text_file(tmp / "ok.json"), "ok.json"));
+}
+
+TEST(Hardening, DeeplyNestedSetupStringsAreRefusedWithAnExcerpt) {
+  std::string setup;
+  for (int i = 0; i < 100000; ++i) setup += "Stack(";
+  setup += "a" + std::string(100000, ')');
+  const std::string e = error_of([&] { composition::parse(setup); });
+  EXPECT_NE(e.find("nested deeper than 32 levels"), std::string::npos) << e.substr(0, 300);
+  EXPECT_LT(e.size(), 400u);
+  EXPECT_NO_THROW(composition::parse("Stack(Fuse(a, b), Parallel(c, Stack(d, e)))"));
+}
+
 }  // namespace adapters::test

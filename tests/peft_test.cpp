@@ -4,6 +4,8 @@
 // file and key, with nothing half-loaded; PEFT and AdapterHub adapters live side by side.
 #include <gtest/gtest.h>
 
+#include <chrono>
+
 #include "adapters/formats/peft.h"
 #include "adapters/generate.h"
 #include "test_util.h"
@@ -73,6 +75,17 @@ TEST_F(PeftFolder, ARegexTargetAndExcludedModules) {
   config["exclude_modules"] = {"v_proj"};
   tensors = io::read_safetensors(peft_case("llama__lora") / "adapter" / "adapter_model.safetensors").tensors;
   EXPECT_NE(load_error().find("weights that adapter 'p' does not have"), std::string::npos);  // the v_proj tensors
+}
+
+// A regex target from a stranger's config: one that backtracking takes exponential time on
+// ((.*)*x on a 40-character module path) matches in polynomial time; an over-long one is refused.
+TEST_F(PeftFolder, ARegexTargetRunsInPolynomialTimeAndIsBounded) {
+  config["target_modules"] = R"((.*)*(.*)*(.*)*x)";
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_NE(load_error().find("match no linear layer"), std::string::npos);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 20.0);
+  config["target_modules"] = std::string(600, 'a');
+  EXPECT_NE(load_error().find("a regular expression of 600 characters (at most 512)"), std::string::npos);
 }
 
 TEST_F(PeftFolder, BadFoldersAreErrorsNamingTheKey) {

@@ -538,12 +538,7 @@ std::vector<std::string> predict_texts(const std::vector<std::string>& texts, co
   std::string line;
   for (std::size_t n = 1; std::getline(in, line); ++n) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    json j;
-    try {
-      j = json::parse(line);
-    } catch (const json::exception& e) {
-      throw Error(str(jsonl, ":", n, ": not a JSON object: ", e.what()));
-    }
+    const json j = parse_json_file_text(line, str(jsonl, ":", n));
     ADAPTERS_CHECK(j.is_object() && j.contains(text_key) && j[text_key].is_string(), jsonl, ":", n,
                    ": expected an object with a string '", text_key, "'");
     inputs.push_back(j[text_key].get<std::string>());

@@ -9,6 +9,8 @@
 
 #include <cmath>
 #include <nlohmann/json.hpp>
+
+#include "adapters/core/json.h"
 #include <set>
 
 #include "adapters/core/error.h"
@@ -52,11 +54,21 @@ class Parser {
   }
 
  private:
+  static constexpr int kMaxSetupDepth = 32;  // no setup nests more than a few blocks
+
   const std::string& text_;
   std::size_t pos_ = 0;
+  int depth_ = 0;
 
   [[noreturn]] void fail(const std::string& what) const {
-    throw Error(str("adapter setup \"", text_, "\": ", what, " at position ", pos_));
+    throw Error(str("adapter setup \"", excerpt(), "\": ", what, " at position ", pos_));
+  }
+
+  // The setup, or for a long one the part around the error.
+  std::string excerpt() const {
+    if (text_.size() <= 80) return text_;
+    const std::size_t begin = pos_ > 30 ? pos_ - 30 : 0;
+    return (begin > 0 ? "..." : "") + text_.substr(begin, 60) + (begin + 60 < text_.size() ? "..." : "");
   }
 
   void skip_space() {
@@ -152,6 +164,13 @@ class Parser {
   }
 
   Block parse_block() {
+    if (++depth_ > kMaxSetupDepth) fail(str("blocks nested deeper than ", kMaxSetupDepth, " levels"));
+    Block b = parse_block_body();
+    --depth_;
+    return b;
+  }
+
+  Block parse_block_body() {
     std::string name = parse_name();
     auto it = block_names().find(name);
     if (it == block_names().end()) {
@@ -168,7 +187,7 @@ class Parser {
         parse_option(b, word);
       } else {
         pos_ = save;
-        b.children.push_back(parse_block());
+        b.children.push_back(parse_block());  // recursion bounded by kMaxSetupDepth
       }
       if (peek(',')) {
         ++pos_;
@@ -314,10 +333,10 @@ nlohmann::json block_json(const Block& b) {
 Block block_from_json(const nlohmann::json& j, const std::string& source) {
   if (j.is_string()) return Block::adapter(j.get<std::string>());
   ADAPTERS_CHECK(j.is_object() && j.contains("type") && j.contains("children") && j["children"].is_array(), source,
-                 ": expected an adapter name or {\"type\": ..., \"children\": [...]}, found ", j.dump());
+                 ": expected an adapter name or {\"type\": ..., \"children\": [...]}, found ", describe(j));
   const std::string type = j["type"].is_string() ? j["type"].get<std::string>() : "";
   auto it = block_names().find(type);
-  ADAPTERS_CHECK(it != block_names().end(), source, ": unknown block type '", j["type"].dump(),
+  ADAPTERS_CHECK(it != block_names().end(), source, ": unknown block type '", describe(j["type"]),
                  "' (known: Stack, Fuse, Split, BatchSplit, Parallel, Average)");
   std::vector<Block> children;
   for (const auto& c : j["children"]) children.push_back(block_from_json(c, source));
@@ -359,13 +378,7 @@ std::int64_t parallel_channels(const Block& setup) {
 std::string to_json(const Block& setup) { return block_json(setup).dump(); }
 
 Block from_json(const std::string& json_text, const std::string& source) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(json_text);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(str(source, ": not valid JSON: ", e.what()));
-  }
-  return block_from_json(j, source);
+  return block_from_json(parse_json_file_text(json_text, source), source);
 }
 
 Block normalize_active(Block setup) {

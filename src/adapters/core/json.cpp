@@ -11,14 +11,6 @@ std::string describe(const json& value) {
   return text;
 }
 
-json parse_json_file_text(const std::string& text, const std::string& source) {
-  try {
-    return json::parse(text);
-  } catch (const json::parse_error& e) {
-    throw Error(str(source, ": invalid JSON: ", e.what()));
-  }
-}
-
 JsonReader::JsonReader(const json& object, std::string source) : object_(object), source_(std::move(source)) {
   ADAPTERS_CHECK(object_.is_object(), source_, ": expected a JSON object, found ", describe(object_));
 }

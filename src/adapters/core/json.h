@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "adapters/core/error.h"
+#include "adapters/core/json_parse.h"
 
 namespace adapters {
 
@@ -50,6 +51,7 @@ class JsonReader {
 // Short human text for a JSON value in error messages: `"gelu"`, `3`, `[1, 2]`, `null`.
 std::string describe(const json& value);
 
-json parse_json_file_text(const std::string& text, const std::string& source);
+// parse_json_file_text, try_parse_json: core/json_parse.h (header-only, for the libraries
+// without torch too).
 
 }  // namespace adapters

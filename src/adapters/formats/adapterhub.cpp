@@ -237,7 +237,7 @@ std::string AdapterModelImpl::load_head(const fs::path& dir, const std::string& 
   ADAPTERS_CHECK(!has_head(name), "load_head: a head named '", name, "' already exists (pass load_as)");
   const json& config = reader.raw("config");
   ADAPTERS_CHECK(config.is_object() && config.contains("head_type"), config_path.string(),
-                 ": 'config' must be an object with 'head_type', found ", config.dump());
+                 ": 'config' must be an object with 'head_type', found ", describe(config));
   const fs::path weights_path = choose_weights(dir, weights, kHeadSafetensorsFile, kHeadBinFile, "head");
   io::TensorMap renamed;
   for (const auto& [key, t] : io::read_checkpoint(weights_path)) renamed[formats::rename_head(key, saved_name, name)] = t;

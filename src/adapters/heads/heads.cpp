@@ -377,7 +377,7 @@ std::vector<std::string> head_types() {
 }
 
 json complete_config(const std::string& type, const json& options, const models::ModelConfig& model) {
-  ADAPTERS_CHECK(options.is_object(), "head options for '", type, "' must be an object, found ", options.dump());
+  ADAPTERS_CHECK(options.is_object(), "head options for '", type, "' must be an object, found ", describe(options));
   json c = options;
   c["head_type"] = type;
   auto set_default = [&](const char* key, json value) {
@@ -423,7 +423,7 @@ json complete_config(const std::string& type, const json& options, const models:
 
 std::shared_ptr<PredictionHead> make_head(const json& config, const HeadContext& ctx, const std::string& source) {
   ADAPTERS_CHECK(config.is_object() && config.contains("head_type") && config["head_type"].is_string(), source,
-                 ": a head config needs a string 'head_type', found ", config.dump());
+                 ": a head config needs a string 'head_type', found ", describe(config));
   const std::string type = config["head_type"].get<std::string>();
   HeadFactory make;
   {
@@ -440,12 +440,12 @@ std::shared_ptr<PredictionHead> make_head(const json& config, const HeadContext&
   for (const char* key : {"num_labels", "num_choices", "vocab_size", "layers"}) {
     if (!config.contains(key)) continue;
     ADAPTERS_CHECK(config[key].is_number_integer() && config[key].get<std::int64_t>() >= 1, source, ": head option '",
-                   key, "' must be a positive integer, found ", config[key].dump());
+                   key, "' must be a positive integer, found ", describe(config[key]));
   }
   try {
     return make(config, ctx);
   } catch (const json::exception& e) {
-    throw Error(str(source, ": bad head config ", config.dump(), ": ", e.what()));
+    throw Error(str(source, ": bad head config ", describe(config), ": ", e.what()));
   }
 }
 

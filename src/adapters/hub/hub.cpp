@@ -4,6 +4,7 @@
 #include "adapters/hub/hub.h"
 
 #include "adapters/core/error.h"
+#include "adapters/core/json_parse.h"
 
 #include <curl/curl.h>
 #include <nlohmann/json.hpp>
@@ -200,14 +201,7 @@ bool is_tokenizer_file(const std::string& name) {
 
 // The shard files named by the weight_map of a sharded checkpoint's *.index.json.
 std::vector<std::string> shard_names(const fs::path& index_file) {
-  json index;
-  try {
-    index = json::parse(read_text(index_file));
-  } catch (const json::exception& e) {
-    throw Error(
-        str(index_file,
-            ": expected JSON with a \"weight_map\" object, found invalid JSON: ", e.what()));
-  }
+  const json index = parse_json_file_text(read_text(index_file), index_file.string());
   ADAPTERS_CHECK(
       index.is_object() && index.contains("weight_map") && index["weight_map"].is_object(),
       index_file, ": expected a \"weight_map\" object mapping tensor names to shard files");
@@ -481,7 +475,7 @@ class HttpRequest {
 // What the hub said beyond the status code: its X-Error-Message header or JSON {"error": ...}.
 std::string server_message(const Response& response) {
   if (std::string message = response.header("x-error-message"); !message.empty()) return message;
-  const json body = json::parse(response.error_body, nullptr, /*allow_exceptions=*/false);
+  const json body = try_parse_json(response.error_body).value_or(json());
   return body.is_object() && body.contains("error") && body["error"].is_string()
              ? body["error"].get<std::string>()
              : "";
@@ -518,7 +512,7 @@ RepoInfo fetch_repo_info(const RepoRef& ref, const HubOptions& options) {
   StringSink body;
   const Response response = HttpRequest(url, options.token).follow_redirects().perform(&body);
   if (!is_success(response.status)) throw_http_error(response, url, describe(ref), options);
-  const json info = json::parse(body.text, nullptr, /*allow_exceptions=*/false);
+  const json info = try_parse_json(body.text).value_or(json());
   ADAPTERS_CHECK(info.is_object() && info.contains("sha") && info["sha"].is_string() &&
                      is_commit_hash(info["sha"].get<std::string>()),
                  url, ": expected a JSON object whose \"sha\" is a 40-hex commit hash, found ",

@@ -178,7 +178,7 @@ std::int64_t BnConfig::bottleneck_size(std::int64_t hidden, std::int64_t layer, 
     }
   }
   const std::int64_t size = static_cast<std::int64_t>(std::floor(static_cast<double>(hidden) / factor.get<double>()));
-  ADAPTERS_CHECK(size >= 1, source, ": reduction_factor ", factor.dump(), " gives a bottleneck of size ", size,
+  ADAPTERS_CHECK(size >= 1, source, ": reduction_factor ", describe(factor), " gives a bottleneck of size ", size,
                  " for hidden size ", hidden, " (expected at least 1: use a factor <= ", hidden, ")");
   return size;
 }

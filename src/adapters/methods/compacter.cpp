@@ -119,7 +119,7 @@ std::shared_ptr<PhmSharedImpl> add_phm_shared(const std::string& adapter, const 
     check_phm_sizes(config, hidden, size, source);
     if (config.shared_W_phm && bottleneck != 0) {
       ADAPTERS_CHECK(size == bottleneck, source, ": shared_W_phm=true needs one bottleneck size for every layer, "
-                     "found ", bottleneck, " and ", size, " (reduction_factor ", config.reduction_factor.dump(), ")");
+                     "found ", bottleneck, " and ", size, " (reduction_factor ", describe(config.reduction_factor), ")");
     }
     bottleneck = size;
   }

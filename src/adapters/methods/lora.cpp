@@ -57,14 +57,42 @@ std::string location_key(const std::string& role) {
   return role + "_lora";
 }
 
+// Longest regular expression a PEFT config may give (target_modules, rank_pattern keys, ...).
+constexpr std::size_t kMaxPatternLength = 512;
+
+// A regular expression of a PEFT config, compiled to match in polynomial time where the C++
+// library can (libstdc++'s breadth-first executor): a config from a stranger must not make a
+// module name take exponential time, as (a*)*b does with backtracking. Throws naming the pattern.
+std::regex config_regex(const std::string& pattern) {
+  ADAPTERS_CHECK(pattern.size() <= kMaxPatternLength, "PEFT config: a regular expression of ", pattern.size(),
+                 " characters (at most ", kMaxPatternLength, "): '", pattern.substr(0, 60), "...'");
+  auto flags = std::regex::ECMAScript;
+#ifdef __GLIBCXX__
+  flags |= std::regex_constants::__polynomial;
+#endif
+  try {
+    return std::regex(pattern, flags);
+  } catch (const std::regex_error& e) {
+    throw Error(str("PEFT config: '", pattern.substr(0, 60), "' is not a regular expression this engine runs (", e.what(), ")"));
+  }
+}
+
+bool regex_matches(const std::string& path, const std::string& pattern) {
+  try {
+    return std::regex_match(path, config_regex(pattern));
+  } catch (const std::regex_error& e) {  // e.g. a back-reference, which has no polynomial-time match
+    throw Error(str("PEFT config: cannot match '", pattern.substr(0, 60), "' (", e.what(), ")"));
+  }
+}
+
 // A module selector of PEFT: a list of names or one regex string; null selects nothing.
 void check_module_selector(const JsonReader& r, const char* key) {
   if (!r.has(key) || r.raw(key).is_null()) return;
   const json& v = r.raw(key);
   if (v.is_string()) {
     try {
-      std::regex re(v.get<std::string>());
-    } catch (const std::regex_error& e) {
+      config_regex(v.get<std::string>());
+    } catch (const Error& e) {
       r.fail(key, str("a valid regular expression (", e.what(), ")"));
     }
     return;
@@ -79,7 +107,7 @@ bool selector_matches(const json& selector, const std::vector<std::string>& path
   if (selector.is_null()) return false;
   for (const auto& path : paths) {
     if (selector.is_string()) {
-      if (std::regex_match(path, std::regex(selector.get<std::string>()))) return true;
+      if (regex_matches(path, selector.get<std::string>())) return true;
       continue;
     }
     for (const auto& item : selector) {
@@ -110,8 +138,8 @@ json pattern_value(const json& patterns, const std::vector<std::string>& paths) 
   for (auto it = patterns.begin(); it != patterns.end(); ++it) {
     const std::string& pattern = it.key();
     for (const auto& path : paths) {
-      const bool hit = pattern.rfind('^', 0) == 0 ? std::regex_search(path, std::regex(pattern), std::regex_constants::match_continuous)
-                                                  : std::regex_match(path, std::regex("(.*\\.)?(" + pattern + ")"));
+      const bool hit = pattern.rfind('^', 0) == 0 ? std::regex_search(path, config_regex(pattern), std::regex_constants::match_continuous)
+                                                  : regex_matches(path, "(.*\\.)?(" + pattern + ")");
       if (hit) return it.value();
     }
   }
@@ -136,7 +164,7 @@ bool LoRAConfig::scales_input(const std::vector<std::string>& paths) const {
   if (!is_ia3() || feedforward_modules.is_null()) return false;
   for (const auto& path : paths) {
     if (feedforward_modules.is_string()) {
-      if (std::regex_match(path, std::regex(feedforward_modules.get<std::string>()))) return true;
+      if (regex_matches(path, feedforward_modules.get<std::string>())) return true;
       continue;
     }
     for (const auto& item : feedforward_modules) {  // PEFT: a plain suffix match
@@ -687,7 +715,7 @@ std::vector<Placement> places_by_module(const LoRAConfig& c, models::BaseModelIm
   if (places.empty()) {
     std::string some;
     for (std::size_t i = 0; i < sites.linear_paths.size() && i < 8; ++i) some += (i ? ", " : "") + sites.linear_paths[i];
-    throw Error(str(source, ": target_modules ", c.target_modules.dump(), " match no linear layer of this ",
+    throw Error(str(source, ": target_modules ", describe(c.target_modules), " match no linear layer of this ",
                     model.config().model_type, " model (an adapter that adapts nothing would silently be the base model)"),
                 "its linear layers are named like: " + some);
   }

@@ -20,7 +20,7 @@ void check_pair(const json& a, const json& b, const std::string& source) {
     const bool valid = a.value("mh_adapter", false) != b.value("mh_adapter", false) &&
                        a.value("output_adapter", true) != b.value("output_adapter", true);
     ADAPTERS_CHECK(valid, source, ": two bottleneck configs of a union must sit at different places "
-                              "(one mh_adapter, the other output_adapter); found ", a.dump(), " and ", b.dump());
+                              "(one mh_adapter, the other output_adapter); found ", describe(a), " and ", describe(b));
     return;
   }
   throw Error(str(source, ": two configs of a union have the same adapter architecture '", arch,

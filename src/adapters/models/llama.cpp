@@ -57,7 +57,7 @@ const Style& style_of(const std::string& model_type) {
 
 bool config_flag(const ModelConfig& c, const char* key, bool fallback) {
   if (!c.raw.contains(key) || c.raw[key].is_null()) return fallback;
-  ADAPTERS_CHECK(c.raw[key].is_boolean(), "config.json: '", key, "' must be true or false, found ", c.raw[key].dump());
+  ADAPTERS_CHECK(c.raw[key].is_boolean(), "config.json: '", key, "' must be true or false, found ", describe(c.raw[key]));
   return c.raw[key].get<bool>();
 }
 

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "adapters/core/error.h"
+#include "adapters/core/json.h"
 
 namespace adapters::nn {
 
@@ -33,7 +34,7 @@ void init_bert(torch::nn::Linear& l) {
 
 FusionConfig FusionConfig::from_json(const nlohmann::json& spec, const std::string& source) {
   if (spec.is_string()) return preset(spec.get<std::string>(), source);
-  ADAPTERS_CHECK(spec.is_object(), source, ": a fusion config is \"static\", \"dynamic\" or an object, found ", spec.dump());
+  ADAPTERS_CHECK(spec.is_object(), source, ": a fusion config is \"static\", \"dynamic\" or an object, found ", describe(spec));
   FusionConfig c;
   const std::pair<const char*, bool*> keys[] = {
       {"key", &c.key}, {"query", &c.query}, {"value", &c.value}, {"query_before_ln", &c.query_before_ln},
@@ -49,7 +50,7 @@ FusionConfig FusionConfig::from_json(const nlohmann::json& spec, const std::stri
       if (value.is_string()) {
         *field = !value.get<std::string>().empty() && value.get<std::string>() != "False";
       } else {
-        ADAPTERS_CHECK(value.is_boolean(), source, ": fusion option '", key, "' must be true or false, found ", value.dump());
+        ADAPTERS_CHECK(value.is_boolean(), source, ": fusion option '", key, "' must be true or false, found ", describe(value));
         *field = value.get<bool>();
       }
     }

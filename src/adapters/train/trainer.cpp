@@ -614,7 +614,7 @@ TrainerState read_trainer_state(const fs::path& checkpoint_dir) {
   const fs::path file = checkpoint_dir / kTrainerStateFile;
   TrainerState state;
   try {
-    state = state_from_json(nlohmann::json::parse(io::read_text_file(file)));
+    state = state_from_json(parse_json_file_text(io::read_text_file(file), file.string()));
   } catch (const nlohmann::json::exception& e) {
     throw Error(str(file.string(), ": not a trainer state (", std::string(e.what()).substr(0, 200), ")"));
   }
