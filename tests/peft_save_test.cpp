@@ -328,6 +328,30 @@ TEST(SavePretrained, ReplacesASymlinkInsteadOfWritingThroughIt) {
   }(), 0.0);
 }
 
+// A folder planted as a symbolic link inside an output folder (an adapter's folder, one of a
+// setup's members) is replaced by a real folder: nothing is written through it.
+TEST(SavePretrained, AFolderPlantedAsASymlinkIsReplacedNotWrittenThrough) {
+  AdapterModel model = load_pretrained(model_dir("bert"));
+  model->add_adapter("a", "seq_bn");
+  model->add_adapter("b", "lora[r=2]");
+  TempDir tmp;
+  fs::create_directories(tmp / "victim");
+  io::write_file_atomic(tmp / "victim" / "keep.txt", "mine");
+  fs::create_directories(tmp / "out");
+  fs::create_directory_symlink(tmp / "victim", tmp / "out" / "a");
+  model->save_adapter(tmp / "out" / "a", "a");
+  fs::create_directories(tmp / "setup");
+  fs::create_directory_symlink(tmp / "victim", tmp / "setup" / "b");
+  model->save_adapter_setup(tmp / "setup", composition::parse("Stack(a, b)"));
+  for (const auto& dir : {tmp / "out" / "a", tmp / "setup" / "b"}) {
+    EXPECT_FALSE(fs::is_symlink(dir)) << dir;
+    EXPECT_TRUE(fs::exists(dir / "adapter_config.json")) << dir;
+  }
+  std::vector<std::string> victim;
+  for (const auto& entry : fs::directory_iterator(tmp / "victim")) victim.push_back(entry.path().filename().string());
+  EXPECT_EQ(victim, std::vector<std::string>{"keep.txt"});
+}
+
 // ---- the command line ------------------------------------------------------------------------
 
 struct CliRun {

@@ -377,6 +377,21 @@ TEST(Trainer, ScheduleWarmsUpThenDecays) {
   EXPECT_NEAR(lr_multiplier(Schedule::Cosine, 110, 10, 110, 0.1), 0.1, 1e-12);
 }
 
+// A metrics log planted as a symbolic link in the output folder is replaced, not appended through.
+TEST(Trainer, AMetricsLogPlantedAsASymlinkIsReplaced) {
+  const fs::path dir = fresh_dir("planted_link"), victim = fresh_dir("planted_link_victim");
+  fs::create_directories(dir);
+  io::write_file_atomic(victim, "mine\n");
+  fs::create_symlink(victim, dir / "metrics.jsonl");
+  AdapterModel model = tiny_model("seq_bn");
+  TrainerOptions options = quick_options(dir);
+  options.max_steps = 2;
+  Trainer(options).train(model, marker_task(32, 1));
+  EXPECT_EQ(io::read_text_file(victim), "mine\n");
+  EXPECT_FALSE(fs::is_symlink(dir / "metrics.jsonl"));
+  EXPECT_FALSE(io::read_text_file(dir / "metrics.jsonl").empty());
+}
+
 TEST(Trainer, SaveTotalLimitKeepsTheNewestCheckpoints) {
   const FeatureSet train = marker_task(64, 1);  // 4 steps per epoch
   AdapterModel model = tiny_model("seq_bn");

@@ -7,6 +7,8 @@
 #include <regex>
 
 #include "adapters/core/json.h"
+#include "adapters/core/regex.h"
+#include "adapters/formats/folder.h"
 #include "adapters/generate.h"
 #include "adapters/per_row.h"
 
@@ -232,7 +234,7 @@ std::vector<CaseResult> run(const Options& options) {
   const fs::path cases_dir = options.root / "cases";
   ADAPTERS_CHECK(fs::is_directory(cases_dir), cases_dir.string(), ": not a folder (expected ROOT/cases/<case>/case.json)");
   std::vector<std::string> names;
-  const std::regex only(options.only.empty() ? ".*" : options.only);
+  const std::regex only = bounded_regex(options.only.empty() ? ".*" : options.only, "fixtures --only");
   for (const auto& entry : fs::directory_iterator(cases_dir)) {
     const std::string name = entry.path().filename().string();
     if (entry.is_directory() && std::regex_search(name, only)) names.push_back(name);
@@ -247,7 +249,7 @@ std::vector<CaseResult> run(const Options& options) {
     CaseResult r{name, "ok", "", 0.0};
     try {
       CaseOutputs out = run_case(cases_dir / name, options.weights);
-      fs::create_directories(options.out / name);
+      formats::make_real_folder(options.out / name);  // a planted link must not redirect the outputs
       io::write_safetensors(options.out / name / "outputs.safetensors", out.outputs);
       if (!out.grads.empty()) io::write_safetensors(options.out / name / "grads.safetensors", out.grads);
     } catch (const NotSupported& e) {

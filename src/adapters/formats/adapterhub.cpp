@@ -293,7 +293,7 @@ std::string AdapterModelImpl::load_adapter_fusion(const fs::path& dir, WeightsPr
 void AdapterModelImpl::save_adapter_setup(const fs::path& dir, const Block& setup,
                                           const std::optional<Block>& head_setup) const {
   check_setup(setup);
-  fs::create_directories(dir);
+  formats::make_real_folder(dir);
   for (const auto& name : setup.flatten()) save_adapter(dir / name, name, /*with_head=*/false);
   std::function<void(const Block&)> save_fusions = [&](const Block& b) {
     if (b.type == composition::BlockType::Fuse) save_adapter_fusion(dir / b.fusion_name(), b.fusion_name());

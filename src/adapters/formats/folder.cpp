@@ -60,8 +60,21 @@ void write_into_folder(const fs::path& dir, const std::vector<FolderFile>& files
 
 }  // namespace
 
+void remove_if_symlink(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::is_symlink(fs::symlink_status(path, ec))) return;
+  ADAPTERS_CHECK(fs::remove(path, ec) && !ec, path.string(), ": is a symbolic link, which a write here would follow out of the ",
+                 "folder; removing the link failed: ", ec.message());
+}
+
+void make_real_folder(const fs::path& dir) {
+  remove_if_symlink(dir);
+  fs::create_directories(dir);
+}
+
 void write_folder_atomically(const fs::path& dir, const std::vector<FolderFile>& files) {
   check_names(dir, files);
+  remove_if_symlink(dir);
   const fs::file_status status = fs::symlink_status(dir);
   if (!fs::exists(status)) {
     write_new_folder(dir, files);

@@ -12,6 +12,7 @@
 #include <regex>
 #include <set>
 
+#include "adapters/core/regex.h"
 #include "adapters/formats/keys.h"
 #include "adapters/model.h"
 #include "adapters/models/registry.h"
@@ -57,32 +58,10 @@ std::string location_key(const std::string& role) {
   return role + "_lora";
 }
 
-// Longest regular expression a PEFT config may give (target_modules, rank_pattern keys, ...).
-constexpr std::size_t kMaxPatternLength = 512;
-
-// A regular expression of a PEFT config, compiled to match in polynomial time where the C++
-// library can (libstdc++'s breadth-first executor): a config from a stranger must not make a
-// module name take exponential time, as (a*)*b does with backtracking. Throws naming the pattern.
-std::regex config_regex(const std::string& pattern) {
-  ADAPTERS_CHECK(pattern.size() <= kMaxPatternLength, "PEFT config: a regular expression of ", pattern.size(),
-                 " characters (at most ", kMaxPatternLength, "): '", pattern.substr(0, 60), "...'");
-  auto flags = std::regex::ECMAScript;
-#ifdef __GLIBCXX__
-  flags |= std::regex_constants::__polynomial;
-#endif
-  try {
-    return std::regex(pattern, flags);
-  } catch (const std::regex_error& e) {
-    throw Error(str("PEFT config: '", pattern.substr(0, 60), "' is not a regular expression this engine runs (", e.what(), ")"));
-  }
-}
+std::regex config_regex(const std::string& pattern) { return bounded_regex(pattern, "PEFT config"); }
 
 bool regex_matches(const std::string& path, const std::string& pattern) {
-  try {
-    return std::regex_match(path, config_regex(pattern));
-  } catch (const std::regex_error& e) {  // e.g. a back-reference, which has no polynomial-time match
-    throw Error(str("PEFT config: cannot match '", pattern.substr(0, 60), "' (", e.what(), ")"));
-  }
+  return bounded_regex_match(path, pattern, "PEFT config");
 }
 
 // A module selector of PEFT: a list of names or one regex string; null selects nothing.

@@ -164,6 +164,8 @@ MetricsLog::MetricsLog(const std::filesystem::path& file) : path_(file) {
     std::filesystem::create_directories(file.parent_path(), ec);
     ADAPTERS_CHECK(!ec, file.string(), ": cannot create the folder of the metrics log: ", ec.message());
   }
+  // A symbolic link planted in the output folder is replaced, never appended through.
+  if (std::filesystem::is_symlink(std::filesystem::symlink_status(file))) std::filesystem::remove(file);
   out_.open(file, std::ios::app);
   ADAPTERS_CHECK(out_.is_open(), file.string(), ": cannot open the metrics log for appending");
 }
