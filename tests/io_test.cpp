@@ -14,15 +14,21 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <initializer_list>
+#include <iostream>
 #include <iterator>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace {
@@ -335,6 +341,23 @@ TEST_F(IoTest, SafetensorsFloat8NeedsLibtorch21) {
 TEST_F(IoTest, SafetensorsRejectsInvalidJson) {
   expect_mentions(read_error(safetensors_bytes(R"({"w": {"dtype": )")), {"not valid JSON"});
   expect_mentions(read_error(safetensors_bytes(kOneFloat + "xyz", "abcd")), {"not valid JSON"});
+}
+
+// HF pads the header's JSON with spaces; any other byte after the object is refused, naming where.
+TEST_F(IoTest, SafetensorsHeaderMayBePaddedOnlyWithSpaces) {
+  const std::string data = float_bytes({1});
+  write_bytes(dir / "padded.safetensors", safetensors_bytes(kOneFloat + "     ", data));
+  EXPECT_TRUE(torch::equal(io::read_safetensors(dir / "padded.safetensors").tensors.at("x"),
+                           torch::tensor({1.f})));
+
+  const std::string json_end = std::to_string(8 + kOneFloat.size());
+  const std::pair<std::string, std::string> trailers[] = {
+      {"{}", "0x7b"}, {"x", "0x78"}, {std::string("\0\0\0", 3), "0x0"}, {"  \n", "0xa"}};
+  for (const auto& [trailer, byte] : trailers) {
+    const std::string offset = std::to_string(8 + kOneFloat.size() + trailer.find_first_not_of(' '));
+    expect_mentions(read_error(safetensors_bytes(kOneFloat + trailer, data)),
+                    {"byte " + byte + " at file offset " + offset, "ends at file offset " + json_end});
+  }
 }
 
 TEST_F(IoTest, SafetensorsRejectsNonObjectHeaderAndEntries) {
@@ -703,6 +726,117 @@ TEST_F(IoTest, ReadTextFile) {
   expect_mentions(error_of([&] { io::read_text_file(dir / "absent.json"); }),
                   {(dir / "absent.json").string(), "No such file"});
   expect_mentions(error_of([&] { io::read_text_file(dir); }), {dir.string(), "folder"});
+}
+
+// ---- files that are not regular files, or too large -----------------------------------------
+
+// The adapters::Error message of `read`, run on another thread. Reading must not block: when it
+// has not finished after 5 s the test fails, and the FIFO `path` (if it is one) is opened for
+// writing and closed again, which ends the blocked open with an empty read. A reader that still
+// does not return (reading /dev/zero, say) ends the test program, failing.
+std::string error_without_blocking(const std::function<void()>& read, const fs::path& path) {
+  auto message = std::async(std::launch::async, [read] { return error_of(read); });
+  if (message.wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
+    ADD_FAILURE() << "reading " << path << " did not finish within 5 s";
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (message.wait_for(std::chrono::milliseconds(50)) != std::future_status::ready) {
+      const int fd = ::open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+      if (fd >= 0) ::close(fd);
+      if (std::chrono::steady_clock::now() > give_up) {
+        std::cerr << "reading " << path << " never returned; exiting\n";
+        std::_Exit(EXIT_FAILURE);
+      }
+    }
+  }
+  return message.get();
+}
+
+// Every reader, as it is reached for a file of each kind: the error it gives for `path`.
+void expect_every_reader_refuses(const fs::path& folder, const std::string& stem,
+                                 std::initializer_list<std::string> parts) {
+  const std::pair<const char*, std::function<void(const fs::path&)>> readers[] = {
+      {".json", [](const fs::path& p) { io::read_text_file(p); }},
+      {".bin", [](const fs::path& p) { io::read_torch_bin(p); }},
+      {".safetensors", [](const fs::path& p) { io::read_safetensors(p); }},
+      {".pt", [](const fs::path& p) { io::read_checkpoint(p); }},
+      {".index.json", [](const fs::path& p) { io::read_checkpoint(p); }},
+  };
+  for (const auto& [extension, reader] : readers) {
+    const fs::path path = folder / (stem + extension);
+    SCOPED_TRACE(path.string());
+    const std::string message =
+        error_without_blocking([&reader = reader, &path] { reader(path); }, path);
+    expect_mentions(message, {path.string(), "expected a regular file"});
+    expect_mentions(message, parts);
+  }
+}
+
+TEST_F(IoTest, ReadersRefuseFifosWithoutBlocking) {
+  for (const char* extension : {".json", ".bin", ".safetensors", ".pt", ".index.json"})
+    ASSERT_EQ(::mkfifo((dir / (std::string("pipe") + extension)).c_str(), 0600), 0);
+  expect_every_reader_refuses(dir, "pipe", {"FIFO"});
+}
+
+TEST_F(IoTest, ReadersRefuseDevicesBehindSymlinks) {
+  if (!fs::exists("/dev/zero")) GTEST_SKIP() << "no /dev/zero";
+  for (const char* extension : {".json", ".bin", ".safetensors", ".pt", ".index.json"})
+    fs::create_symlink("/dev/zero", dir / (std::string("zero") + extension));
+  expect_every_reader_refuses(dir, "zero", {"character device", "a symlink to /dev/zero"});
+}
+
+TEST_F(IoTest, ReadersRefuseFolders) {
+  for (const char* extension : {".json", ".bin", ".safetensors", ".pt", ".index.json"})
+    fs::create_directory(dir / (std::string("folder") + extension));
+  expect_every_reader_refuses(dir, "folder", {"a folder"});
+}
+
+// A shard the index names is checked like any file given directly.
+TEST_F(IoTest, ShardThatIsAFifoIsRefusedWithoutBlocking) {
+  ASSERT_EQ(::mkfifo((dir / "model-00001-of-00001.safetensors").c_str(), 0600), 0);
+  io::write_file_atomic(dir / "model.index.json",
+                        R"({"weight_map": {"w": "model-00001-of-00001.safetensors"}})");
+  const fs::path shard = dir / "model-00001-of-00001.safetensors";
+  expect_mentions(error_without_blocking([&] { io::read_checkpoint(dir / "model.index.json"); },
+                                         shard),
+                  {shard.string(), "FIFO", "expected a regular file"});
+}
+
+// A sparse file of `size` bytes (holes take no disk space); false where the file system refuses.
+bool make_sparse_file(const fs::path& path, std::uint64_t size) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return false;
+  const bool made = ::ftruncate(fd, static_cast<off_t>(size)) == 0;
+  ::close(fd);
+  return made;
+}
+
+TEST_F(IoTest, CheckReadableFileRefusesSizesPastTheCap) {
+  write_bytes(dir / "ten", "0123456789");
+  EXPECT_EQ(io::check_readable_file(dir / "ten", 10, "test file"), 10u);
+  EXPECT_EQ(io::read_file_checked(dir / "ten", 10, "test file"), "0123456789");
+  expect_mentions(error_of([&] { io::check_readable_file(dir / "ten", 9, "test file"); }),
+                  {(dir / "ten").string(), "test file", "10 bytes", "limit of 9 bytes"});
+  expect_mentions(error_of([&] { io::read_file_checked(dir / "ten", 9, "test file"); }),
+                  {(dir / "ten").string(), "10 bytes", "limit of 9 bytes"});
+}
+
+TEST_F(IoTest, ReadersRefuseFilesPastTheirCap) {
+  const std::pair<std::uint64_t, std::function<void(const fs::path&)>> readers[] = {
+      {io::kMaxTextFileBytes, [](const fs::path& p) { io::read_text_file(p); }},
+      {io::kMaxTorchBinBytes, [](const fs::path& p) { io::read_torch_bin(p); }},
+      {io::kMaxSafetensorsBytes, [](const fs::path& p) { io::read_safetensors(p); }},
+  };
+  for (const auto& [cap, reader] : readers) {
+    const fs::path path = dir / "big";
+    if (!make_sparse_file(path, cap + 1)) {
+      ADD_FAILURE() << "the file system refuses a sparse file of " << cap + 1 << " bytes";
+      continue;
+    }
+    expect_mentions(error_of([&reader = reader, &path] { reader(path); }),
+                    {path.string(), std::to_string(cap + 1) + " bytes",
+                     "limit of " + std::to_string(cap) + " bytes"});
+    fs::remove(path);
+  }
 }
 
 }  // namespace

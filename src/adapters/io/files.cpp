@@ -13,12 +13,11 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <vector>
 
 #include <fcntl.h>
 #include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace adapters::io {
@@ -146,7 +145,8 @@ TensorMap read_sharded_checkpoint(const fs::path& index_path) {
   TensorMap tensors;
   for (const auto& [shard, keys] : read_weight_map(index_path)) {
     const fs::path shard_path = index_path.parent_path() / shard;
-    ADAPTERS_CHECK(fs::is_regular_file(shard_path), index_path, ": shard file ", shard_path,
+    std::error_code error;
+    ADAPTERS_CHECK(fs::exists(shard_path, error), index_path, ": shard file ", shard_path,
                    " (holding \"", keys.front(), "\" and ", keys.size() - 1,
                    " more keys) does not exist");
     TensorMap shard_tensors = read_checkpoint_file(shard_path);
@@ -207,14 +207,87 @@ void copy_checked(const TensorMap& expected, const TensorMap& given, const std::
   for (const auto& [key, p] : expected) const_cast<torch::Tensor&>(p).copy_(given.at(key));
 }
 
-std::string read_text_file(const fs::path& path) {
+namespace {
+
+// What a file mode names, for messages: "a FIFO (named pipe)", "a character device", ...
+const char* file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a folder";
+  if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a regular file";
+}
+
+// " (a symlink to /dev/zero)" when `path` is a symbolic link, else "".
+std::string symlink_note(const fs::path& path) {
   std::error_code error;
-  ADAPTERS_CHECK(!fs::is_directory(path, error), "cannot read ", path, ": it is a folder");
-  std::ifstream in(path, std::ios::binary);
-  ADAPTERS_CHECK(in.is_open(), "cannot read ", path, ": ", errno_text());
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  ADAPTERS_CHECK(!in.bad(), "cannot read ", path, ": reading failed: ", errno_text());
-  return text;
+  if (!fs::is_symlink(fs::symlink_status(path, error))) return "";
+  const fs::path target = fs::canonical(path, error);
+  return error ? std::string(" (a symlink)") : str(" (a symlink to ", target.string(), ")");
+}
+
+// Refuses what `status` (of `path`, symlinks followed) shows not to be a regular file of at most
+// `max_bytes` bytes; returns the size.
+std::uint64_t check_regular_file_status(const struct stat& status, const fs::path& path,
+                                        std::uint64_t max_bytes, const char* what) {
+  if (!S_ISREG(status.st_mode))
+    throw Error(str("cannot read ", what, " ", path, symlink_note(path), ": it is ",
+                    file_kind(status.st_mode), ", expected a regular file"),
+                "name the file itself, not a pipe, device, folder or process substitution");
+  const auto size = static_cast<std::uint64_t>(status.st_size);
+  if (size > max_bytes)
+    throw Error(str("cannot read ", what, " ", path, ": it is ", size, " bytes, past the limit of ",
+                    max_bytes, " bytes for a ", what),
+                "is this the right file?");
+  return size;
+}
+
+// Closes a file descriptor when it goes out of scope.
+struct FdCloser {
+  int fd;
+  ~FdCloser() { ::close(fd); }
+};
+
+// Reads everything from `fd` up to EOF, refusing more than `max_bytes` (the file grew).
+std::string read_all(int fd, std::uint64_t expected_size, std::uint64_t max_bytes,
+                     const fs::path& path, const char* what) {
+  std::string bytes;
+  bytes.reserve(static_cast<std::size_t>(expected_size));
+  std::vector<char> buffer(std::size_t{1} << 16);
+  for (;;) {
+    const ssize_t got = ::read(fd, buffer.data(), buffer.size());
+    if (got < 0 && errno == EINTR) continue;
+    ADAPTERS_CHECK(got >= 0, "cannot read ", what, " ", path, ": reading failed: ", errno_text());
+    if (got == 0) return bytes;
+    bytes.append(buffer.data(), static_cast<std::size_t>(got));
+    ADAPTERS_CHECK(bytes.size() <= max_bytes, "cannot read ", what, " ", path,
+                   ": it grew past the limit of ", max_bytes, " bytes while being read");
+  }
+}
+
+}  // namespace
+
+std::uint64_t check_readable_file(const fs::path& path, std::uint64_t max_bytes, const char* what) {
+  struct stat status {};
+  ADAPTERS_CHECK(::stat(path.c_str(), &status) == 0, "cannot read ", what, " ", path, ": ",
+                 errno_text());
+  return check_regular_file_status(status, path, max_bytes, what);
+}
+
+std::string read_file_checked(const fs::path& path, std::uint64_t max_bytes, const char* what) {
+  check_readable_file(path, max_bytes, what);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  ADAPTERS_CHECK(fd >= 0, "cannot read ", what, " ", path, ": ", errno_text());
+  const FdCloser closer{fd};
+  struct stat status {};
+  ADAPTERS_CHECK(::fstat(fd, &status) == 0, "cannot read ", what, " ", path, ": ", errno_text());
+  const std::uint64_t size = check_regular_file_status(status, path, max_bytes, what);
+  return read_all(fd, size, max_bytes, path, what);
+}
+
+std::string read_text_file(const fs::path& path) {
+  return read_file_checked(path, kMaxTextFileBytes, "text file");
 }
 
 TensorMap read_checkpoint(const fs::path& path) {

@@ -78,7 +78,9 @@ std::string supported_dtype_names() {
 class MappedFile {
  public:
   static std::shared_ptr<MappedFile> open(const fs::path& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    check_readable_file(path, kMaxSafetensorsBytes, "safetensors file");
+    // O_NONBLOCK: a FIFO swapped in after the check must not block; map() refuses it.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     ADAPTERS_CHECK(fd >= 0, "cannot open ", path, ": ", std::strerror(errno));
     std::shared_ptr<MappedFile> file(new MappedFile);
     try {
@@ -142,6 +144,45 @@ std::uint64_t read_header_length(const MappedFile& file, const fs::path& path) {
   return length;
 }
 
+// Offset just past the first complete JSON object or array of the header text (brackets inside
+// strings skipped), or `length` when none closes (then the parser reports what is wrong).
+std::uint64_t end_of_header_object(const char* text, std::uint64_t length) {
+  int depth = 0;
+  bool in_string = false;
+  for (std::uint64_t i = 0; i < length; ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\')
+        ++i;
+      else if (c == '"')
+        in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      ++depth;
+    } else if ((c == '}' || c == ']') && --depth == 0) {
+      return i + 1;
+    }
+  }
+  return length;
+}
+
+// HF pads the header with spaces (0x20) to align the data; any other byte after the header's JSON
+// object (another value, garbage, NUL bytes) is refused. Returns the length of the JSON text.
+std::uint64_t unpadded_header_length(const MappedFile& file, std::uint64_t length,
+                                     const fs::path& path) {
+  const char* text = file.data() + kHeaderLengthBytes;
+  const std::uint64_t end = end_of_header_object(text, length);
+  for (std::uint64_t i = end; i < length; ++i) {
+    const auto byte = static_cast<unsigned char>(text[i]);
+    ADAPTERS_CHECK(byte == ' ', path, ": header is not valid JSON: byte 0x", std::hex, int{byte},
+                   std::dec, " at file offset ", kHeaderLengthBytes + i,
+                   " follows its JSON object (which ends at file offset ", kHeaderLengthBytes + end,
+                   "); only spaces may pad the header's ", length, " bytes");
+  }
+  return end;
+}
+
 // Parses the header, rejecting keys listed twice and nesting no header has.
 json parse_header_json(const MappedFile& file, std::uint64_t length, const fs::path& path) {
   std::set<std::string> names;
@@ -158,8 +199,9 @@ json parse_header_json(const MappedFile& file, std::uint64_t length, const fs::p
     return true;
   };
   const char* begin = file.data() + kHeaderLengthBytes;
+  const std::uint64_t json_length = unpadded_header_length(file, length, path);
   try {
-    json header = json::parse(begin, begin + length, check_event);
+    json header = json::parse(begin, begin + json_length, check_event);
     ADAPTERS_CHECK(header.is_object(), path, ": header must be a JSON object, found ",
                    header.type_name());
     return header;

@@ -75,4 +75,23 @@ void copy_checked(const TensorMap& expected, const TensorMap& given, const std::
 // Reads a whole text file; throws adapters::Error naming the path when it cannot.
 std::string read_text_file(const fs::path& path);
 
+// Size caps of the readers, in bytes. A file past its reader's cap is refused before any of it is
+// read. Text: config.json, adapter_config.json, *.index.json and every other file read_text_file
+// reads (the largest tokenizer.json files on the Hub are about 35 MB). torch.save files are read
+// into memory; safetensors files are mapped, so their cap only rules out absurd sizes.
+constexpr std::uint64_t kMaxTextFileBytes = std::uint64_t{128} << 20;   // 128 MiB
+constexpr std::uint64_t kMaxTorchBinBytes = std::uint64_t{64} << 30;    // 64 GiB
+constexpr std::uint64_t kMaxSafetensorsBytes = std::uint64_t{1} << 40;  // 1 TiB
+
+// Checks, without opening it, that `path` (symlinks followed) is a regular file of at most
+// `max_bytes` bytes, and returns its size. Anything else (a FIFO, whose opening would block; a
+// device such as /dev/zero, which never ends; a folder; a socket; a file past the cap) is refused
+// with adapters::Error naming the path, `what` it should be (e.g. "torch.save file") and what it is.
+std::uint64_t check_readable_file(const fs::path& path, std::uint64_t max_bytes, const char* what);
+
+// Reads a whole file after check_readable_file(path, max_bytes, what). The file is opened without
+// blocking and checked again once open, so a FIFO swapped in after the check is refused too, as is
+// a file that grows past `max_bytes` while it is read.
+std::string read_file_checked(const fs::path& path, std::uint64_t max_bytes, const char* what);
+
 }  // namespace adapters::io

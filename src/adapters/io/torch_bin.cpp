@@ -585,6 +585,7 @@ TensorMap read_archive(const fs::path& path) {
 }  // namespace
 
 TensorMap read_torch_bin(const fs::path& path) {
+  check_readable_file(path, kMaxTorchBinBytes, "torch.save file");
   check_is_zip(path);
   try {
     return read_archive(path);

@@ -457,13 +457,38 @@ FileFormat format_of(const fs::path& file) {
                   ": expected .jsonl, .json, .csv or .tsv, or set ReadOptions::format"));
 }
 
+// Reads a whole training data file. Like io::check_readable_file (this library has no torch, so it
+// cannot call it), the file is checked before it is opened, symlinks followed: anything but a
+// regular file (a FIFO would block, /dev/zero never ends) and anything past kMaxDataFileBytes is
+// refused, naming the file.
 std::string read_file(const fs::path& file) {
+  constexpr std::uintmax_t kMaxDataFileBytes = std::uintmax_t{4} << 30;  // 4 GiB
+  std::error_code error;
+  const fs::file_status status = fs::status(file, error);
+  if (error) throw Error(str(file.string(), ": cannot open the data file for reading: ", error.message()));
+  if (!fs::is_regular_file(status)) {
+    const fs::file_type type = status.type();
+    const char* kind = type == fs::file_type::directory ? "a folder"
+                       : type == fs::file_type::fifo    ? "a FIFO (named pipe)"
+                       : type == fs::file_type::character ? "a character device"
+                       : type == fs::file_type::block     ? "a block device"
+                       : type == fs::file_type::socket    ? "a socket"
+                                                          : "not a regular file";
+    throw Error(str(file.string(), ": cannot read the data file: it is ", kind, ", expected a regular file"),
+                "name the file itself, not a pipe, device, folder or process substitution");
+  }
+  const std::uintmax_t size = fs::file_size(file, error);
+  if (error) throw Error(str(file.string(), ": cannot open the data file for reading: ", error.message()));
+  if (size > kMaxDataFileBytes)
+    throw Error(str(file.string(), ": the data file is ", size, " bytes, past the limit of ", kMaxDataFileBytes, " bytes"),
+                "split it into several files");
   std::ifstream in(file, std::ios::binary);
   if (!in) throw Error(str(file.string(), ": cannot open the data file for reading"));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw Error(str(file.string(), ": error while reading the data file"));
-  return text.str();
+  std::string text(static_cast<size_t>(size), '\0');
+  in.read(text.data(), static_cast<std::streamsize>(size));
+  if (in.bad() || static_cast<std::uintmax_t>(in.gcount()) != size || in.peek() != std::ifstream::traits_type::eof())
+    throw Error(str(file.string(), ": error while reading the data file (did it change while being read?)"));
+  return text;
 }
 
 // Applies the malformed-record policy to "source:line: message".
