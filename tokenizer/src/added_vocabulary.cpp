@@ -77,9 +77,10 @@ char32_t last_char(const std::string& s, size_t end) {
   return unicode::next(s, start);
 }
 
-// Start of the run of whitespace ending at `end`.
-size_t whitespace_run_start(const std::string& s, size_t end) {
-  while (end > 0) {
+// Start of the run of whitespace ending at `end`, no further back than `floor` (so that a run of
+// matches inside one long run of whitespace is not scanned again for each of them).
+size_t whitespace_run_start(const std::string& s, size_t end, size_t floor) {
+  while (end > floor) {
     size_t start = end;
     do --start; while (start > 0 && (static_cast<unsigned char>(s[start]) & 0xC0) == 0x80);
     size_t i = start;
@@ -119,7 +120,7 @@ void AddedVocabulary::split_on(Split& split, const Matcher& matcher, std::vector
       const bool stop_space = stop == text.size() || !unicode::is_word(unicode::next(text, i));
       if (!start_space || !stop_space) continue;
     }
-    if (token.lstrip) start = std::max(whitespace_run_start(text, start), previous);
+    if (token.lstrip) start = std::max(whitespace_run_start(text, start, previous), previous);
     if (token.rstrip) stop = whitespace_run_end(text, stop);
     if (previous < start) emit(previous, start, nullptr);
     emit(start, stop, &token);

@@ -98,6 +98,10 @@ SplitBehavior parse_behavior(const json& value);
 // A Replace/Split pattern: {"String": literal} or {"Regex": pattern}.
 Regex parse_pattern(const json& pattern);
 
+// Inserts the tokens of `part` (every per-token field, not its overflowing parts or sequence
+// ranges) into `e` before token `at`.
+void insert_tokens(Encoding& e, size_t at, const Encoding& part);
+
 // Pieces of the byte-level machinery shared by the pre-tokenizer, processor and decoder.
 const std::string& byte_to_char(unsigned char byte);  // UTF-8 of the char standing for `byte`
 std::optional<unsigned char> char_to_byte(char32_t c);

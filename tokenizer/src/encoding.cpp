@@ -2,6 +2,7 @@
 #include <algorithm>
 
 #include "adapters/tokenizer/tokenizer.h"
+#include "components.h"
 
 namespace adapters::tokenizer {
 
@@ -18,6 +19,11 @@ Encoding slice(const Encoding& e, size_t start, size_t stop) {
   out.special_tokens_mask = part(e.special_tokens_mask);
   out.attention_mask = part(e.attention_mask);
   return out;
+}
+
+template <typename T>
+void insert_at(std::vector<T>& into, size_t at, const std::vector<T>& values) {
+  into.insert(into.begin() + static_cast<std::ptrdiff_t>(at), values.begin(), values.end());
 }
 
 template <typename T>
@@ -86,6 +92,16 @@ void Encoding::merge_with(const Encoding& pair, bool growing_offsets) {
   special_tokens_mask.insert(special_tokens_mask.end(), pair.special_tokens_mask.begin(), pair.special_tokens_mask.end());
   attention_mask.insert(attention_mask.end(), pair.attention_mask.begin(), pair.attention_mask.end());
   overflowing = std::move(combined);
+}
+
+void insert_tokens(Encoding& e, size_t at, const Encoding& part) {
+  insert_at(e.ids, at, part.ids);
+  insert_at(e.type_ids, at, part.type_ids);
+  insert_at(e.tokens, at, part.tokens);
+  insert_at(e.words, at, part.words);
+  insert_at(e.offsets, at, part.offsets);
+  insert_at(e.special_tokens_mask, at, part.special_tokens_mask);
+  insert_at(e.attention_mask, at, part.attention_mask);
 }
 
 void Encoding::pad(size_t length, uint32_t pad_id, uint32_t pad_type_id, const std::string& pad_token, Direction direction) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <queue>
@@ -23,6 +24,7 @@ class Vocabulary {
   void add(const std::string& token, uint32_t id) {
     ids_.emplace(token, id);
     reverse_[id] = token;
+    longest_ = std::max(longest_, token.size());
   }
   std::optional<uint32_t> find(const std::string& token) const {
     const auto it = ids_.find(token);
@@ -33,10 +35,12 @@ class Vocabulary {
     return it != reverse_.end() && ids_.count(it->second) ? std::optional<std::string>(it->second) : std::nullopt;
   }
   size_t size() const { return ids_.size(); }
+  size_t longest() const { return longest_; }  // bytes of the longest token
 
  private:
   std::unordered_map<std::string, uint32_t> ids_;
   std::unordered_map<uint32_t, std::string> reverse_;
+  size_t longest_ = 0;
 };
 
 Vocabulary vocabulary_from_object(const json& vocab, const char* where) {
@@ -62,7 +66,7 @@ class WordPiece final : public Model {
     std::vector<Token> pieces;
     std::string candidate;
     for (size_t start = 0; start < word.size();) {
-      size_t end = word.size();
+      size_t end = longest_candidate_end(word, start);
       std::optional<Token> found;
       while (start < end) {
         candidate.assign(start > 0 ? prefix_ : std::string());
@@ -85,6 +89,16 @@ class WordPiece final : public Model {
   size_t vocab_size() const override { return vocab_.size(); }
 
  private:
+  // End of the longest piece from `start` that can be a token: none is longer than the longest
+  // token of the vocabulary, so each start costs at most that many look-ups, not the word length.
+  size_t longest_candidate_end(const std::string& word, size_t start) const {
+    const size_t prefix = start > 0 ? prefix_.size() : 0;
+    const size_t room = vocab_.longest() > prefix ? vocab_.longest() - prefix : 0;
+    size_t end = std::min(word.size(), start + room);
+    while (end > start && end < word.size() && (static_cast<unsigned char>(word[end]) & 0xC0) == 0x80) --end;
+    return end;
+  }
+
   Token unknown(size_t length) const {
     const auto id = vocab_.find(unk_);
     if (!id) throw Error(str("WordPiece: the unknown token \"", unk_, "\" is not in the vocabulary"));
@@ -121,7 +135,7 @@ class Bpe final : public Model {
     if (options_.ignore_merges) {
       if (const auto id = vocab_.find(word)) return {Token{*id, word, {0, word.size()}}};
     }
-    std::vector<Symbol> symbols = cached_merge(word);
+    const std::vector<Symbol> symbols = cached_merge(word);
     std::vector<Token> tokens;
     tokens.reserve(symbols.size());
     size_t pos = 0;
@@ -137,14 +151,17 @@ class Bpe final : public Model {
   size_t vocab_size() const override { return vocab_.size(); }
 
  private:
+  // A piece of the word being merged: a node of a doubly linked list over a vector, 16 bytes.
   struct Symbol {
     uint32_t id;
-    size_t len;  // bytes of the word
-    long prev, next;
+    uint32_t len;  // bytes of the word; 0 once merged into the symbol before it
+    uint32_t prev, next;
   };
+  static constexpr uint32_t kNone = std::numeric_limits<uint32_t>::max();
+  // A merge that may apply to the symbol at `pos` and the one after it.
   struct Candidate {
     uint32_t rank;
-    size_t pos;
+    uint32_t pos;
     uint32_t new_id;
     bool operator<(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
   };
@@ -166,12 +183,14 @@ class Bpe final : public Model {
   // Splits the word into characters (with prefix/suffix, byte fallback, unknown runs) and
   // applies the merges by rank.
   std::vector<Symbol> merge_word(const std::string& word) const {
+    if (word.size() >= kNone) throw Error(str("BPE: a word of ", word.size(), " bytes is too long (at most ", kNone - 1, ")"));
     std::vector<Symbol> symbols;
+    symbols.reserve(options_.byte_fallback ? word.size() : unicode::count_chars(word));
     std::optional<std::pair<uint32_t, size_t>> unk;  // pending unknown run: id, bytes
     auto add = [&symbols](uint32_t id, size_t len) {
-      const long n = static_cast<long>(symbols.size());
+      const auto n = static_cast<uint32_t>(symbols.size());
       if (n > 0) symbols.back().next = n;
-      symbols.push_back({id, len, n - 1, -1});
+      symbols.push_back({id, static_cast<uint32_t>(len), n > 0 ? n - 1 : kNone, kNone});
     };
     std::string piece;
     for (size_t i = 0; i < word.size();) {
@@ -213,31 +232,40 @@ class Bpe final : public Model {
     return true;
   }
 
+  // HF's word.rs: a heap of candidate merges, lowest rank (then leftmost) first, over the linked
+  // list of symbols. Each merge is O(log n) and pushes at most two candidates, so a word of n
+  // symbols takes O(n log n) time and O(n) memory.
   void apply_merges(std::vector<Symbol>& symbols) const {
-    std::priority_queue<Candidate> queue;
-    auto push_pair = [&](size_t pos) {
+    std::vector<Candidate> initial;
+    initial.reserve(symbols.size());
+    auto candidate = [&](uint32_t pos) -> std::optional<Candidate> {
       const Symbol& s = symbols[pos];
-      if (s.next < 0) return;
-      const auto it = merges_.find(key(s.id, symbols[static_cast<size_t>(s.next)].id));
-      if (it != merges_.end()) queue.push({it->second.first, pos, it->second.second});
+      if (s.next == kNone) return std::nullopt;
+      const auto it = merges_.find(key(s.id, symbols[s.next].id));
+      if (it == merges_.end()) return std::nullopt;
+      return Candidate{it->second.first, pos, it->second.second};
     };
-    for (size_t i = 0; i + 1 < symbols.size(); ++i) push_pair(i);
+    for (uint32_t i = 0; i + 1 < symbols.size(); ++i) {
+      if (const auto c = candidate(i)) initial.push_back(*c);
+    }
+    std::priority_queue<Candidate> queue(std::less<Candidate>(), std::move(initial));
     while (!queue.empty()) {
       const Candidate top = queue.top();
       queue.pop();
       Symbol& current = symbols[top.pos];
-      if (current.len == 0 || current.next < 0) continue;
-      const size_t next_pos = static_cast<size_t>(current.next);
-      const Symbol right = symbols[next_pos];
+      if (current.len == 0 || current.next == kNone) continue;
+      const Symbol right = symbols[current.next];
       const auto it = merges_.find(key(current.id, right.id));
       if (it == merges_.end() || it->second.second != top.new_id) continue;
+      symbols[current.next].len = 0;
       current.id = top.new_id;
       current.len += right.len;
       current.next = right.next;
-      symbols[next_pos].len = 0;
-      if (right.next >= 0) symbols[static_cast<size_t>(right.next)].prev = static_cast<long>(top.pos);
-      if (current.prev >= 0) push_pair(static_cast<size_t>(current.prev));
-      push_pair(top.pos);
+      if (right.next != kNone) symbols[right.next].prev = top.pos;
+      if (current.prev != kNone) {
+        if (const auto c = candidate(current.prev)) queue.push(*c);
+      }
+      if (const auto c = candidate(top.pos)) queue.push(*c);
     }
     symbols.erase(std::remove_if(symbols.begin(), symbols.end(), [](const Symbol& s) { return s.len == 0; }), symbols.end());
   }
@@ -268,18 +296,16 @@ class Unigram final : public Model {
 
   std::vector<Token> tokenize(const std::string& text) const override {
     std::vector<Token> tokens;
-    size_t offset = 0;
-    for (std::string& piece : best_path(text)) {
-      const size_t len = piece.size();
+    for (const Offsets& range : best_path(text)) {
+      std::string piece = text.substr(range.first, range.second - range.first);
       const auto it = ids_.find(piece);
       if (it != ids_.end()) {
-        tokens.push_back(Token{it->second, std::move(piece), {offset, offset + len}});
+        tokens.push_back(Token{it->second, std::move(piece), range});
       } else if (byte_fallback_ && all_bytes_known(piece)) {
-        for (unsigned char b : piece) tokens.push_back(Token{ids_.at(byte_token(b)), byte_token(b), {offset, offset + len}});
+        for (unsigned char b : piece) tokens.push_back(Token{ids_.at(byte_token(b)), byte_token(b), range});
       } else {
-        tokens.push_back(Token{require_unk(), std::move(piece), {offset, offset + len}});
+        tokens.push_back(Token{require_unk(), std::move(piece), range});
       }
-      offset += len;
     }
     return tokens;
   }
@@ -294,9 +320,11 @@ class Unigram final : public Model {
   size_t vocab_size() const override { return pieces_.size(); }
 
  private:
+  // The best segmentation of the text up to a byte: 16 bytes per byte of the text.
   struct Node {
+    static constexpr uint32_t kUnreached = std::numeric_limits<uint32_t>::max();
     double score = 0;
-    long starts_at = -1;
+    uint32_t starts_at = kUnreached;  // byte where its last piece starts
     uint32_t id = 0;
   };
 
@@ -320,9 +348,11 @@ class Unigram final : public Model {
     return std::all_of(piece.begin(), piece.end(), [this](char b) { return ids_.count(byte_token(static_cast<unsigned char>(b))) > 0; });
   }
 
-  // Viterbi over the pieces of the vocabulary (HF's encode_optimized), unknown runs fused.
-  std::vector<std::string> best_path(const std::string& text) const {
+  // Viterbi over the pieces of the vocabulary (HF's encode_optimized), unknown runs fused: the
+  // byte ranges of the pieces.
+  std::vector<Offsets> best_path(const std::string& text) const {
     const size_t size = text.size();
+    if (size >= Node::kUnreached) throw Error(str("Unigram: a piece of ", size, " bytes is too long (at most ", Node::kUnreached - 1, ")"));
     std::vector<Node> best(size + 1);
     for (size_t start = 0; start < size;) {
       const double here = best[start].score;
@@ -341,26 +371,23 @@ class Unigram final : public Model {
       if (!single_char) relax(best[start + char_len], here + unk_score_, start, require_unk());
       start += char_len;
     }
-    std::vector<std::string> pieces;
-    std::string unknown_run;
+    std::vector<Offsets> pieces;  // from the end; a run of unknown pieces is fused into one
+    bool unknown_run = false;
     for (size_t end = size; end > 0;) {
       const Node& n = best[end];
-      const size_t start = static_cast<size_t>(n.starts_at);
-      if (unk_id_ && n.id == *unk_id_) {
-        unknown_run.insert(0, text, start, end - start);
-      } else {
-        if (!unknown_run.empty()) pieces.push_back(std::move(unknown_run)), unknown_run.clear();
-        pieces.push_back(text.substr(start, end - start));
-      }
+      const size_t start = n.starts_at;
+      const bool unknown = unk_id_ && n.id == *unk_id_;
+      if (unknown && unknown_run) pieces.back().first = start;
+      else pieces.push_back({start, end});
+      unknown_run = unknown;
       end = start;
     }
-    if (!unknown_run.empty()) pieces.push_back(std::move(unknown_run));
     std::reverse(pieces.begin(), pieces.end());
     return pieces;
   }
 
   static void relax(Node& target, double score, size_t start, uint32_t id) {
-    if (target.starts_at < 0 || score > target.score) target = Node{score, static_cast<long>(start), id};
+    if (target.starts_at == Node::kUnreached || score > target.score) target = Node{score, static_cast<uint32_t>(start), id};
   }
 
   std::vector<std::pair<std::string, double>> pieces_;

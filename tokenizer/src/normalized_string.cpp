@@ -2,23 +2,29 @@
 #include "normalized_string.h"
 
 #include <algorithm>
+#include <limits>
+
+#include "adapters/core/error.h"
 
 namespace adapters::tokenizer {
 
 NormalizedString::NormalizedString(std::string original)
     : normalized_(std::move(original)), original_len_(normalized_.size()) {
+  if (normalized_.size() > std::numeric_limits<uint32_t>::max()) {
+    throw Error(str("cannot tokenize a text of ", normalized_.size(), " bytes: at most ", std::numeric_limits<uint32_t>::max(), " bytes"));
+  }
   align_.resize(normalized_.size());
   for (size_t i = 0; i < normalized_.size();) {
-    const size_t start = i;
+    const auto start = static_cast<uint32_t>(i);
     i += unicode::sequence_length(static_cast<unsigned char>(normalized_[i]));
-    for (size_t k = start; k < i; ++k) align_[k] = {start, i};
+    for (size_t k = start; k < i; ++k) align_[k] = {start, static_cast<uint32_t>(i)};
   }
 }
 
 std::optional<Offsets> NormalizedString::convert_normalized(Offsets range) const {
   if (range.first == range.second) return range;
   if (range.first > range.second || range.second > align_.size()) return std::nullopt;
-  return Offsets{align_[range.first].first, align_[range.second - 1].second};
+  return Offsets{align_[range.first].start, align_[range.second - 1].end};
 }
 
 NormalizedString NormalizedString::slice(Offsets range) const {
@@ -26,13 +32,19 @@ NormalizedString NormalizedString::slice(Offsets range) const {
   NormalizedString piece;
   piece.normalized_ = normalized_.substr(range.first, range.second - range.first);
   piece.align_.reserve(range.second - range.first);
+  const auto origin = static_cast<uint32_t>(original.first);
   for (size_t i = range.first; i < range.second; ++i) {
     const auto [s, e] = align_[i];
-    piece.align_.push_back({s - std::min(s, original.first), e - std::min(e, original.first)});
+    piece.align_.push_back({s - std::min(s, origin), e - std::min(e, origin)});
   }
   piece.shift_ = shift_ + original.first;
   piece.original_len_ = original.second - original.first;
   return piece;
+}
+
+void NormalizedString::copy_range(size_t start, size_t end, std::string& text, std::vector<Alignment>& align) const {
+  text.append(normalized_, start, end - start);
+  align.insert(align.end(), align_.begin() + static_cast<std::ptrdiff_t>(start), align_.begin() + static_cast<std::ptrdiff_t>(end));
 }
 
 void NormalizedString::transform_range(size_t start, size_t end, const std::vector<Change>& dest,
@@ -48,12 +60,16 @@ void NormalizedString::transform_range(size_t start, size_t end, const std::vect
   size_t offset = start;
   for (size_t k = 0; k < initial_offset; ++k) offset += skip_char();
 
+  size_t new_bytes = 0;
+  for (const Change& change : dest) new_bytes += unicode::encoded_length(change.c);
   std::string text;
-  std::vector<Offsets> align;
-  text.reserve(end - start);
-  align.reserve(end - start);
+  std::vector<Alignment> align;
+  const size_t total = start + new_bytes + normalized_.size() - end;
+  text.reserve(total);
+  align.reserve(total);
+  copy_range(0, start, text, align);
   for (const Change& change : dest) {
-    Offsets a{0, 0};
+    Alignment a{0, 0};
     if (change.change > 0) {
       if (offset >= 1) a = align_[std::min(offset, align_.size()) - 1];
     } else if (!align_.empty()) {
@@ -61,13 +77,12 @@ void NormalizedString::transform_range(size_t start, size_t end, const std::vect
     }
     if (change.change <= 0) offset += skip_char();
     for (int r = 0; r < -change.change; ++r) offset += skip_char();
-    const size_t before = text.size();
     unicode::append(text, change.c);
-    align.insert(align.end(), text.size() - before, a);
+    align.resize(text.size(), a);
   }
-  normalized_.replace(start, end - start, text);
-  align_.erase(align_.begin() + static_cast<std::ptrdiff_t>(start), align_.begin() + static_cast<std::ptrdiff_t>(end));
-  align_.insert(align_.begin() + static_cast<std::ptrdiff_t>(start), align.begin(), align.end());
+  copy_range(end, normalized_.size(), text, align);
+  normalized_ = std::move(text);
+  align_ = std::move(align);
 }
 
 void NormalizedString::prepend(const std::string& s) {
@@ -124,33 +139,51 @@ void NormalizedString::normalize(int form) {
   if (changed) transform(dest, 0);
 }
 
+// Stripping keeps a range of the text as it is: the alignment transform() would give.
 void NormalizedString::strip(bool left, bool right) {
-  std::vector<char32_t> chars;
-  for (size_t i = 0; i < normalized_.size();) chars.push_back(unicode::next(normalized_, i));
-  size_t leading = 0, trailing = 0;
-  if (left) while (leading < chars.size() && unicode::is_whitespace(chars[leading])) ++leading;
-  if (right) while (trailing < chars.size() - leading && unicode::is_whitespace(chars[chars.size() - 1 - trailing])) ++trailing;
-  if (leading == 0 && trailing == 0) return;
-  std::vector<Change> dest;
-  for (size_t i = leading; i + trailing < chars.size(); ++i) {
-    const bool last = i + trailing + 1 == chars.size();
-    dest.push_back({chars[i], last ? -static_cast<int>(trailing) : 0});
+  size_t begin = 0, end = normalized_.size();
+  if (left) {
+    for (size_t i = 0; i < normalized_.size() && unicode::is_whitespace(unicode::next(normalized_, i));) begin = i;
   }
-  transform(dest, leading);
+  if (right) {
+    end = begin;  // end of the last character that is not whitespace
+    for (size_t i = begin; i < normalized_.size();) {
+      if (!unicode::is_whitespace(unicode::next(normalized_, i))) end = i;
+    }
+  }
+  normalized_.erase(end).erase(0, begin);
+  align_.erase(align_.begin() + static_cast<std::ptrdiff_t>(end), align_.end());
+  align_.erase(align_.begin(), align_.begin() + static_cast<std::ptrdiff_t>(begin));
 }
 
+// What transform_range gives a match removed and `content` inserted after it: every byte of the
+// content aligned with the last byte of the match.
 void NormalizedString::replace(const std::vector<Match>& matches, const std::string& content) {
-  std::vector<Change> dest;
-  for (size_t k = 0; k < content.size();) dest.push_back({unicode::next(content, k), 1});
-  long shift = 0;
+  size_t replaced = 0, matched_bytes = 0;
   for (const Match& m : matches) {
     if (!m.is_match) continue;
-    const size_t start = static_cast<size_t>(static_cast<long>(m.range.first) + shift);
-    const size_t end = static_cast<size_t>(static_cast<long>(m.range.second) + shift);
-    const size_t removed = unicode::count_chars(std::string_view(normalized_).substr(start, end - start));
-    transform_range(start, end, dest, removed);
-    shift += static_cast<long>(content.size()) - static_cast<long>(m.range.second - m.range.first);
+    ++replaced;
+    matched_bytes += m.range.second - m.range.first;
   }
+  if (replaced == 0) return;
+  const size_t total = normalized_.size() - matched_bytes + replaced * content.size();
+  std::string text;
+  std::vector<Alignment> align;
+  text.reserve(total);
+  align.reserve(total);
+  size_t copied = 0;
+  for (const Match& m : matches) {
+    if (!m.is_match) continue;
+    const auto [start, end] = m.range;
+    copy_range(copied, start, text, align);
+    const Alignment a = end >= 1 ? align_[end - 1] : Alignment{0, 0};
+    text += content;
+    align.resize(text.size(), a);
+    copied = end;
+  }
+  copy_range(copied, normalized_.size(), text, align);
+  normalized_ = std::move(text);
+  align_ = std::move(align);
 }
 
 namespace {

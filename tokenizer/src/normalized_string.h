@@ -46,7 +46,8 @@ class NormalizedString {
   NormalizedString slice(Offsets normalized_range) const;
 
   // Replaces the normalised bytes [start, end) by `dest`, `initial_offset` characters of that
-  // range being removed before the first new character.
+  // range being removed before the first new character. Every edit below rebuilds the text and
+  // its alignments once, in time linear in their length.
   void transform_range(size_t start, size_t end, const std::vector<Change>& dest, size_t initial_offset);
   void transform(const std::vector<Change>& dest, size_t initial_offset) {
     transform_range(0, normalized_.size(), dest, initial_offset);
@@ -60,15 +61,25 @@ class NormalizedString {
   void lowercase();
   void normalize(int form);  // a unicode::Form
   void strip(bool left, bool right);
+  // Replaces every match by `content`, all in one pass.
   void replace(const std::vector<Match>& matches, const std::string& content);
 
   // Splits on the pattern matches according to `behavior`.
   std::vector<NormalizedString> split(const std::vector<Match>& matches, SplitBehavior behavior) const;
 
  private:
+  // The byte range of this piece's original text a normalised byte comes from. 32 bits keep it at
+  // 8 bytes per byte, so an input is at most 4 GiB (checked by the constructor).
+  struct Alignment {
+    uint32_t start, end;
+  };
+
+  // Appends the normalised bytes [start, end) and their alignments to `text` and `align`.
+  void copy_range(size_t start, size_t end, std::string& text, std::vector<Alignment>& align) const;
+
   std::string normalized_;
-  std::vector<Offsets> align_;  // per normalised byte, relative to this piece's original text
-  size_t shift_ = 0;            // start of this piece in the whole original input
+  std::vector<Alignment> align_;  // per normalised byte, relative to this piece's original text
+  size_t shift_ = 0;              // start of this piece in the whole original input
   size_t original_len_ = 0;
 };
 

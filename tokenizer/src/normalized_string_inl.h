@@ -5,30 +5,31 @@
 
 namespace adapters::tokenizer {
 
+// A removed character is removed by the change of the last kept character before it, or by the
+// initial offset when no character is kept before it.
 template <typename Keep>
 void NormalizedString::filter(Keep keep) {
-  std::vector<char32_t> chars;
-  for (size_t i = 0; i < normalized_.size();) chars.push_back(unicode::next(normalized_, i));
-  std::vector<Change> kept;
-  kept.reserve(chars.size());
-  int removed = 0;
-  for (auto it = chars.rbegin(); it != chars.rend(); ++it) {
-    if (keep(*it)) {
-      kept.push_back({*it, -removed});
-      removed = 0;
-    } else {
-      ++removed;
+  std::vector<Change> dest;
+  dest.reserve(unicode::count_chars(normalized_));
+  size_t removed_first = 0;
+  bool removed = false;
+  for (size_t i = 0; i < normalized_.size();) {
+    const char32_t c = unicode::next(normalized_, i);
+    if (keep(c)) {
+      dest.push_back({c, 0});
+      continue;
     }
+    removed = true;
+    if (dest.empty()) ++removed_first;
+    else --dest.back().change;
   }
-  if (kept.size() == chars.size()) return;
-  std::vector<Change> dest(kept.rbegin(), kept.rend());
-  transform(dest, static_cast<size_t>(removed));
+  if (removed) transform(dest, removed_first);
 }
 
 template <typename Map>
 void NormalizedString::map(Map fn) {
   std::vector<Change> dest;
-  dest.reserve(normalized_.size());
+  dest.reserve(unicode::count_chars(normalized_));
   bool changed = false;
   for (size_t i = 0; i < normalized_.size();) {
     const char32_t c = unicode::next(normalized_, i);

@@ -1,5 +1,6 @@
 // Post-processors of tokenizer.json (TemplateProcessing, BertProcessing, RobertaProcessing,
 // ByteLevel, Sequence) and their registry.
+#include <algorithm>
 #include <functional>
 #include <map>
 
@@ -23,18 +24,17 @@ Encoding special_encoding(const std::vector<uint32_t>& ids, const std::vector<st
   return e;
 }
 
-// Wraps `e` (and its overflowing parts) between special tokens, as Bert/Roberta processing do.
-Encoding wrap(const Encoding& e, const std::pair<std::string, uint32_t>* before, const std::pair<std::string, uint32_t>& after,
+// Wraps `e` (and its overflowing parts) between special tokens, as Bert/Roberta processing do. The
+// special tokens are inserted into `e`, whose tokens are not copied.
+Encoding wrap(Encoding e, const std::pair<std::string, uint32_t>* before, const std::pair<std::string, uint32_t>& after,
               uint32_t before_type, uint32_t after_type, size_t sequence_id) {
-  Encoding out;
-  if (before) out.merge_with(special_encoding({before->second}, {before->first}, before_type), false);
-  Encoding body = e;
-  body.overflowing.clear();
-  out.merge_with(body, false);
-  out.merge_with(special_encoding({after.second}, {after.first}, after_type), false);
-  out.sequence_ranges = {{sequence_id, {before ? 1 : 0, out.size() - 1}}};
-  for (const Encoding& o : e.overflowing) out.overflowing.push_back(wrap(o, before, after, before_type, after_type, sequence_id));
-  return out;
+  std::vector<Encoding> overflowing = std::move(e.overflowing);
+  e.overflowing.clear();
+  if (before) insert_tokens(e, 0, special_encoding({before->second}, {before->first}, before_type));
+  insert_tokens(e, e.size(), special_encoding({after.second}, {after.first}, after_type));
+  e.sequence_ranges = {{sequence_id, {before ? 1 : 0, e.size() - 1}}};
+  for (Encoding& o : overflowing) e.overflowing.push_back(wrap(std::move(o), before, after, before_type, after_type, sequence_id));
+  return e;
 }
 
 std::pair<std::string, uint32_t> token_pair(const json& c, const char* key, const char* where) {
@@ -51,7 +51,7 @@ class BertProcessing final : public PostProcessor {
     if (!add_special_tokens) return encodings;
     std::vector<Encoding> out;
     for (size_t i = 0; i < encodings.size(); ++i) {
-      out.push_back(i == 0 ? wrap(encodings[i], &cls_, sep_, 0, 0, 0) : wrap(encodings[i], nullptr, sep_, 0, 1, 1));
+      out.push_back(i == 0 ? wrap(std::move(encodings[i]), &cls_, sep_, 0, 0, 0) : wrap(std::move(encodings[i]), nullptr, sep_, 0, 1, 1));
     }
     return out;
   }
@@ -79,7 +79,7 @@ class RobertaProcessing final : public PostProcessor {
     }
     if (!add_special_tokens) return encodings;
     std::vector<Encoding> out;
-    for (size_t i = 0; i < encodings.size(); ++i) out.push_back(wrap(encodings[i], i == 0 ? &cls_ : &sep_, sep_, 0, 0, i));
+    for (size_t i = 0; i < encodings.size(); ++i) out.push_back(wrap(std::move(encodings[i]), i == 0 ? &cls_ : &sep_, sep_, 0, 0, i));
     return out;
   }
 
@@ -139,18 +139,20 @@ class TemplateProcessing final : public PostProcessor {
 
   std::vector<Encoding> process_encodings(std::vector<Encoding> encodings, bool add_special_tokens) const override {
     std::vector<Encoding> out;
-    for (const Piece& p : encodings.size() == 2 ? pair_ : single_) {
-      if (p.is_sequence) {
-        const size_t i = p.id == "A" ? 0 : 1;
+    const std::vector<Piece>& pieces = encodings.size() == 2 ? pair_ : single_;
+    for (auto p = pieces.begin(); p != pieces.end(); ++p) {
+      if (p->is_sequence) {
+        const size_t i = p->id == "A" ? 0 : 1;
         if (i >= encodings.size()) throw Error("TemplateProcessing: the single template uses the pair sequence $B");
-        Encoding e = encodings[i];
-        e.set_type_ids(p.type_id);
-        for (Encoding& o : e.overflowing) o.set_type_ids(p.type_id);
+        const bool used_again = std::any_of(p + 1, pieces.end(), [&](const Piece& later) { return later.is_sequence && later.id == p->id; });
+        Encoding e = used_again ? encodings[i] : std::move(encodings[i]);
+        e.set_type_ids(p->type_id);
+        for (Encoding& o : e.overflowing) o.set_type_ids(p->type_id);
         e.set_sequence_id(i);
         out.push_back(std::move(e));
       } else if (add_special_tokens) {
-        const Special& s = specials_.at(p.id);
-        out.push_back(special_encoding(s.ids, s.tokens, p.type_id));
+        const Special& s = specials_.at(p->id);
+        out.push_back(special_encoding(s.ids, s.tokens, p->type_id));
       }
     }
     return out;

@@ -18,7 +18,9 @@ class Regex {
   // Literal text, escaped.
   static Regex literal(const std::string& text);
 
-  // The text cut into matched and unmatched pieces covering all of it (HF's find_matches).
+  // The text cut into matched and unmatched pieces covering all of it (HF's find_matches). A
+  // match PCRE2 cannot finish (match or depth limit, too deep for the JIT stack) throws
+  // adapters::Error naming the pattern and PCRE2's message.
   std::vector<Match> find_matches(const std::string& text) const;
 
  private:

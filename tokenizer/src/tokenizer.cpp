@@ -2,6 +2,7 @@
 // pre-tokenizer, model, offsets, truncation, post-processor, padding) and decoding.
 #include "adapters/tokenizer/tokenizer.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -72,28 +73,50 @@ auto optional_part(const json& doc, const char* key, Make make) -> decltype(make
   return make(*it);
 }
 
-// Byte offsets of the whole input -> code point offsets (HF's BytesToCharOffsetConverter).
+// Byte offsets of the whole input -> code point offsets (HF's BytesToCharOffsetConverter). It
+// keeps the number of characters before every 64th byte and counts the rest, so it costs 1/8
+// byte per input byte.
 class CharOffsets {
  public:
-  explicit CharOffsets(const std::string& text) : char_of_byte_(text.size()) {
-    size_t index = 0;
-    for (size_t i = 0; i < text.size(); ++index) {
-      const size_t len = unicode::sequence_length(static_cast<unsigned char>(text[i]));
-      for (size_t k = 0; k < len && i + k < text.size(); ++k) char_of_byte_[i + k] = index;
-      i += len;
+  explicit CharOffsets(const std::string& text) : text_(text) {
+    size_t chars = 0;
+    for (size_t block = 0; block < text.size(); block += kBlock) {
+      chars_before_.push_back(chars);
+      chars += unicode::count_chars(std::string_view(text).substr(block, kBlock));
     }
   }
   Offsets convert(Offsets o) const {
-    const size_t n = char_of_byte_.size();
+    const size_t n = text_.size();
     if (o.first >= n) return o;
-    if (o.second < n) return {char_of_byte_[o.first], char_of_byte_[o.second]};
-    const size_t last = o.second >= 1 && o.second - 1 < n ? char_of_byte_[o.second - 1] : char_of_byte_[o.first];
-    return {char_of_byte_[o.first], last + 1};
+    if (o.second < n) return {char_of(o.first), char_of(o.second)};
+    const size_t last = o.second >= 1 && o.second - 1 < n ? char_of(o.second - 1) : char_of(o.first);
+    return {char_of(o.first), last + 1};
   }
 
  private:
-  std::vector<size_t> char_of_byte_;
+  static constexpr size_t kBlock = 64;
+
+  // Index of the character holding byte `i`: the characters starting at or before it, less one.
+  size_t char_of(size_t i) const {
+    const size_t block = i / kBlock * kBlock;
+    return chars_before_[i / kBlock] + unicode::count_chars(std::string_view(text_).substr(block, i + 1 - block)) - 1;
+  }
+
+  const std::string& text_;
+  std::vector<size_t> chars_before_;  // characters starting before each block of kBlock bytes
 };
+
+// Room for `more` tokens, growing geometrically: one allocation for one long piece, amortised
+// constant time per token for many short ones.
+void reserve_more(Encoding& e, size_t more) {
+  const size_t needed = e.ids.size() + more;
+  if (needed <= e.ids.capacity()) return;
+  const size_t capacity = std::max(needed, 2 * e.ids.capacity());
+  e.ids.reserve(capacity);
+  e.tokens.reserve(capacity);
+  e.offsets.reserve(capacity);
+  e.words.reserve(capacity);
+}
 
 void truncate_pair(Encoding& first, std::optional<Encoding>& second, const TruncationParams& p) {
   using Strategy = TruncationParams::Strategy;
@@ -138,6 +161,33 @@ void pad_all(std::vector<Encoding>& encodings, const PaddingParams& p) {
     length += *p.pad_to_multiple_of - length % *p.pad_to_multiple_of;
   }
   for (Encoding& e : encodings) e.pad(length, p.pad_id, p.pad_type_id, p.pad_token, p.direction);
+}
+
+// The parts merged one after the other (Encoding::merge_with). Merging into an empty encoding gives
+// the part itself, and without overflowing parts merging is concatenation: it is done into the
+// longest part, moved, so that its tokens are not copied.
+Encoding concatenate(std::vector<Encoding> parts) {
+  if (parts.empty()) return Encoding();
+  const bool overflowing = std::any_of(parts.begin(), parts.end(), [](const Encoding& e) { return !e.overflowing.empty(); });
+  if (overflowing) {
+    Encoding merged = std::move(parts[0]);
+    for (size_t i = 1; i < parts.size(); ++i) merged.merge_with(parts[i], false);
+    return merged;
+  }
+  const auto longest = static_cast<size_t>(
+      std::max_element(parts.begin(), parts.end(), [](const Encoding& a, const Encoding& b) { return a.size() < b.size(); }) - parts.begin());
+  Encoding before, after;
+  for (size_t i = 0; i < longest; ++i) before.merge_with(parts[i], false);
+  for (size_t i = longest + 1; i < parts.size(); ++i) after.merge_with(parts[i], false);
+  Encoding merged = std::move(parts[longest]);
+  auto ranges = before.sequence_ranges;
+  for (const auto& [id, range] : merged.sequence_ranges) ranges[id] = {before.size() + range.first, before.size() + range.second};
+  const size_t base = before.size() + merged.size();
+  for (const auto& [id, range] : after.sequence_ranges) ranges[id] = {base + range.first, base + range.second};
+  insert_tokens(merged, 0, before);
+  insert_tokens(merged, merged.size(), after);
+  merged.sequence_ranges = std::move(ranges);
+  return merged;
 }
 
 }  // namespace
@@ -190,7 +240,10 @@ Tokenizer Tokenizer::from_file(const std::filesystem::path& path) {
 }
 
 Encoding Tokenizer::encode_sequence(const std::string& raw, uint32_t type_id) const {
-  const std::string text = unicode::is_valid(raw) ? raw : unicode::repair(raw);
+  std::string repaired;
+  const bool valid = unicode::is_valid(raw);
+  if (!valid) repaired = unicode::repair(raw);
+  const std::string& text = valid ? raw : repaired;
   PreTokenizedString pieces = added_->extract_and_normalize(text, pipeline_.normalizer.get());
   if (pipeline_.pre_tokenizer) pipeline_.pre_tokenizer->pre_tokenize(pieces);
   const CharOffsets chars(text);
@@ -199,6 +252,7 @@ Encoding Tokenizer::encode_sequence(const std::string& raw, uint32_t type_id) co
   for (Split& split : pieces.splits()) {
     std::vector<Token> tokens = split.tokens ? std::move(*split.tokens) : pipeline_.model->tokenize(split.normalized.get());
     const size_t shift = split.normalized.offsets_original().first;
+    reserve_more(e, tokens.size());
     for (Token& t : tokens) {
       const auto converted = split.normalized.convert_normalized(t.offsets);
       const Offsets bytes = converted ? Offsets{shift + converted->first, shift + converted->second} : t.offsets;
@@ -235,12 +289,7 @@ Encoding Tokenizer::post_process(Encoding encoding, std::optional<Encoding> pair
   } else if (parts.size() > 1) {
     for (size_t i = 0; i < parts.size(); ++i) parts[i].set_sequence_id(i);
   }
-  Encoding merged;
-  if (parts.size() == 1 && !pipeline_.post_processor) {
-    merged = std::move(parts[0]);
-  } else {
-    for (const Encoding& part : parts) merged.merge_with(part, false);
-  }
+  Encoding merged = concatenate(std::move(parts));
   if (pipeline_.padding) {
     std::vector<Encoding> one{std::move(merged)};
     pad_all(one, *pipeline_.padding);
