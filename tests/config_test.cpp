@@ -152,4 +152,24 @@ TEST(Hardening, DeeplyNestedSetupStringsAreRefusedWithAnExcerpt) {
   EXPECT_NO_THROW(composition::parse("Stack(Fuse(a, b), Parallel(c, Stack(d, e)))"));
 }
 
+
+// A config.json claiming sizes its checkpoint does not hold is refused before the model is built:
+// vocab_size 10^9 on the tiny BERT would otherwise allocate 128 GB.
+TEST(Hardening, AConfigClaimingSizesItsCheckpointLacksIsRefusedBeforeBuilding) {
+  TempDir tmp;
+  fs::copy(model_dir("bert"), tmp / "m", fs::copy_options::recursive);
+  json config = json::parse(io::read_text_file(tmp / "m" / "config.json"));
+  for (const auto& [key, value] : {std::pair<const char*, std::int64_t>{"vocab_size", 1000000000}, {"hidden_size", 4096},
+                                   {"intermediate_size", 1 << 20}, {"num_hidden_layers", 100000}}) {
+    json edited = config;
+    edited[key] = value;
+    io::write_file_atomic(tmp / "m" / "config.json", edited.dump());
+    const std::string e = error_of([&] { load_pretrained(tmp / "m"); });
+    EXPECT_NE(e.find((tmp / "m" / "config.json").string()), std::string::npos) << e;
+    EXPECT_NE(e.find(key == std::string("num_hidden_layers") ? "at most 4096 layers" : key), std::string::npos) << e;
+  }
+  io::write_file_atomic(tmp / "m" / "config.json", config.dump());
+  EXPECT_NO_THROW(load_pretrained(tmp / "m"));
+}
+
 }  // namespace adapters::test

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <iomanip>
+#include <set>
 #include <sstream>
 
 #include "adapters/core/log.h"
@@ -569,15 +570,46 @@ fs::path find_model_weights(const fs::path& dir) {
                                 "pytorch_model.bin, pytorch_model.bin.index.json)"));
 }
 
+// The config's sizes against the checkpoint, before anything is built: a vocabulary, width or
+// feed-forward size that no tensor of the checkpoint has would make the model allocate what the
+// checkpoint does not hold (a 200-byte config.json claiming vocab_size 10^9 is not a 100 GB model).
+void check_config_sizes(const models::ModelConfig& c, const io::TensorMap& checkpoint, const fs::path& dir) {
+  std::set<std::int64_t> dims;
+  for (const auto& [key, t] : checkpoint) dims.insert(t.sizes().begin(), t.sizes().end());
+  for (const auto& [key, value] : {std::pair<const char*, std::int64_t>{"vocab_size", c.vocab_size},
+                                   {"hidden_size", c.hidden_size},
+                                   {"intermediate_size", c.intermediate_size}}) {
+    if (value <= 0 || dims.count(value)) continue;
+    throw Error(str((dir / "config.json").string(), ": ", key, " ", value, " is the size of no tensor of the checkpoint (",
+                    checkpoint.size(), " tensors)"),
+                "the config and the weights do not belong together");
+  }
+  ADAPTERS_CHECK(c.num_hidden_layers <= 4096 && c.num_decoder_layers <= 4096, (dir / "config.json").string(),
+                 ": expected at most 4096 layers, found ", std::max(c.num_hidden_layers, c.num_decoder_layers));
+}
+
+// Builds the model of a config; a failed allocation is one error naming the folder.
+AdapterModel build_model(const models::ModelConfig& config, const fs::path& dir) {
+  try {
+    return AdapterModel(config);
+  } catch (const std::bad_alloc&) {
+    throw Error(str(dir.string(), ": out of memory while building the '", config.model_type, "' model of its config.json"));
+  } catch (const c10::Error& e) {
+    throw Error(str(dir.string(), ": building the '", config.model_type, "' model of its config.json failed: ",
+                    std::string(e.what_without_backtrace()).substr(0, 300)));
+  }
+}
+
 
 }  // namespace
 
 AdapterModel load_pretrained(const fs::path& dir, const std::string& static_head_name) {
   ADAPTERS_CHECK(fs::is_directory(dir), dir.string(), ": not a model folder (expected a folder with config.json)");
   const models::ModelConfig config = models::load_model_config(dir / "config.json");
-  AdapterModel model(config);
   const fs::path weights = find_model_weights(dir);
   const io::TensorMap checkpoint = io::read_checkpoint(weights);
+  check_config_sizes(config, checkpoint, dir);
+  AdapterModel model = build_model(config, dir);
   const std::string prefix = model->arch().base_prefix;
 
   const models::ArchSpec& arch = model->arch();
