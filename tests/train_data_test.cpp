@@ -656,6 +656,15 @@ TEST(TrainDataBatch, CausalLmTargetsAreTheTokensWithoutTokenTypes) {
 // Masked LM: the text's tokens may be masked, the special tokens never; HF's collator rates
 // (each token picked with p; picked: 80% [MASK], 10% a random id, 10% kept); a row is masked
 // alike whichever batch it is in (so the ranks of a data-parallel run agree with one process).
+// A record nested past 128 levels is a malformed record naming its line, not a stack overflow.
+TEST(TrainDataRead, DeeplyNestedRecordsAreMalformed) {
+  const std::string deep = std::string(1000000, '[') + std::string(1000000, ']');
+  const std::string e = error_of([&] {
+    dataset_of(TaskKind::SequenceClassification, "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": " + deep + "}\n");
+  });
+  EXPECT_EQ(e.rfind("mem.jsonl:2: invalid JSON (nested deeper than 128 levels", 0), 0u) << e.substr(0, 300);
+}
+
 TEST(TrainDataBatch, MaskedLmMasksTheTextAloneAsHfCollatorDoes) {
   std::string jsonl;
   for (int i = 0; i < 400; ++i) jsonl += "{\"text\": \"the cat sat on the mat and the dog ran\"}\n";

@@ -16,6 +16,7 @@
 #include <string_view>
 
 #include "adapters/core/error.h"
+#include "adapters/core/json_parse.h"
 
 namespace adapters::train {
 
@@ -109,11 +110,12 @@ void read_jsonl(std::string_view text, const RecordSink& sink) {
     if (is_blank(line)) continue;
     Record record;
     record.line = number;
-    try {
-      record.fields = json::parse(line.begin(), line.end());
+    std::string error;
+    if (std::optional<json> fields = try_parse_json(std::string(line), &error)) {
+      record.fields = std::move(*fields);
       if (!record.fields.is_object()) record.error = "expected a JSON object, found " + describe(record.fields);
-    } catch (const json::parse_error& e) {
-      record.error = str("invalid JSON (", e.what(), ")");
+    } else {
+      record.error = str("invalid JSON (", error, ")");
     }
     sink(std::move(record));
   }
@@ -309,8 +311,8 @@ json as_array(const json& value, const std::string& name, bool whitespace_items)
   if (value.is_string()) {
     const std::string text = trim(value.get<std::string>());
     if (!text.empty() && text.front() == '[') {
-      const json parsed = json::parse(text, nullptr, false);
-      if (parsed.is_array()) return parsed;
+      const std::optional<json> parsed = try_parse_json(text);
+      if (parsed && parsed->is_array()) return *parsed;
       throw RecordError{str("field ", quoted(name), ": expected a JSON array, found ", describe(value))};
     }
     if (whitespace_items) return json(split_whitespace(text));
