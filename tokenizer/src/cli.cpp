@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "adapters/core/error.h"
+#include "adapters/core/json_parse.h"
 #include "adapters/tokenizer/tokenizer.h"
 
 namespace adapters::tokenizer {
@@ -38,8 +39,8 @@ void run_jsonl(const Tokenizer& tokenizer, const TokenizeOptions& options) {
   std::string line;
   for (size_t number = 1; std::getline(in, line); ++number) {
     if (line.empty()) continue;
-    const nlohmann::json input = nlohmann::json::parse(line, nullptr, false);
-    if (input.is_discarded() || !input.is_object() || !input.contains("text") || !input["text"].is_string()) {
+    const nlohmann::json input = try_parse_json(line).value_or(nlohmann::json());
+    if (!input.is_object() || !input.contains("text") || !input["text"].is_string()) {
       throw Error(str(options.jsonl, ":", number, ": expected {\"text\": ..., \"pair\": ...}, found ", line.substr(0, 80)));
     }
     const std::string text = input["text"].get<std::string>();

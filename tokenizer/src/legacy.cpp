@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "adapters/core/error.h"
+#include "adapters/core/json_parse.h"
 #include "adapters/tokenizer/tokenizer.h"
 #include "components.h"
 #include "base64.h"
@@ -31,9 +32,9 @@ std::string read_text(const fs::path& path) {
 
 json read_json_or_empty(const fs::path& path) {
   if (!fs::exists(path)) return json::object();
-  json doc = json::parse(read_text(path), nullptr, false);
-  if (doc.is_discarded() || !doc.is_object()) throw Error(str(path.string(), ": expected a JSON object"));
-  return doc;
+  std::optional<json> doc = try_parse_json(read_text(path));
+  if (!doc || !doc->is_object()) throw Error(str(path.string(), ": expected a JSON object (nested at most ", kMaxJsonDepth, " levels)"));
+  return std::move(*doc);
 }
 
 // tokenizer_config.json overlaid with special_tokens_map.json.
@@ -124,8 +125,8 @@ json bert_document(const fs::path& folder) {
 
 json byte_level_bpe_document(const fs::path& folder) {
   const json config = read_config(folder);
-  const json vocab = json::parse(read_text(folder / "vocab.json"), nullptr, false);
-  if (vocab.is_discarded() || !vocab.is_object()) throw Error(str((folder / "vocab.json").string(), ": expected a JSON object of token: id"));
+  const json vocab = try_parse_json(read_text(folder / "vocab.json")).value_or(json());
+  if (!vocab.is_object()) throw Error(str((folder / "vocab.json").string(), ": expected a JSON object of token: id"));
   json merges = json::array();
   std::istringstream lines(read_text(folder / "merges.txt"));
   std::string line;

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "adapters/core/error.h"
+#include "adapters/core/json_parse.h"
 #include "added_vocabulary.h"
 #include "components.h"
 
@@ -205,10 +206,11 @@ Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 
 Tokenizer Tokenizer::from_json(const std::string& json_text) {
-  const json doc = json::parse(json_text, nullptr, false);
-  if (doc.is_discarded() || !doc.is_object()) throw Error("tokenizer.json: not a JSON object");
+  std::string error;
+  const std::optional<json> doc = try_parse_json(json_text, &error);  // nesting bounded (kMaxJsonDepth)
+  if (!doc || !doc->is_object()) throw Error(str("tokenizer.json: not a JSON object", error.empty() ? "" : " (" + error + ")"));
   try {
-    return Tokenizer(parse_pipeline(doc));
+    return Tokenizer(parse_pipeline(*doc));
   } catch (const json::exception& e) {
     throw Error(str("tokenizer.json: unexpected value: ", e.what()));
   }

@@ -45,6 +45,18 @@ TEST(Input, UnknownComponentTypesAreNamed) {
                 .find("invalid regular expression"), std::string::npos);
 }
 
+// A tokenizer.json nested past 128 levels (a Sequence of Sequences of ...) is refused while it
+// is parsed, before anything walks it recursively.
+TEST(Input, DeeplyNestedDocumentsAreRefused) {
+  std::string normalizer;
+  for (int i = 0; i < 200000; ++i) normalizer += R"({"type": "Sequence", "normalizers": [)";
+  normalizer += R"({"type": "Lowercase"})";
+  for (int i = 0; i < 200000; ++i) normalizer += "]}";
+  const std::string e = error_of(std::string("{") + kModel + R"(, "normalizer": )" + normalizer + "}");
+  EXPECT_NE(e.find("nested deeper than 128 levels"), std::string::npos) << e.substr(0, 300);
+  EXPECT_LT(e.size(), 500u);
+}
+
 TEST(Input, MissingFilesAreReported) {
   const fs::path empty = fs::temp_directory_path() / "adapters_tokenizer_empty";
   fs::create_directories(empty);
