@@ -597,6 +597,78 @@ TEST_F(IoTest, TorchBinRejectsHostilePickles) {
   }
 }
 
+TEST_F(IoTest, TorchBinRejectsRecordsOtherThanTheirStorageNeeds) {
+  Pickle pickle;
+  pickle.op("}(").text("w").tensor("0", 3, {2}, {1}).op("u.");
+  write_torch_zip(dir / "numel.bin", pickle.bytes, {{"0", float_bytes({1, 2, 3, 4})}});
+  expect_mentions(error_of([&] { io::read_torch_bin(dir / "numel.bin"); }),
+                  {(dir / "numel.bin").string(), "tensor \"w\"", "storage \"0\" of 3",
+                   "(12 bytes)", "record data/0 holds 16 bytes"});
+}
+
+// Rewrites, in the central directory of the zip at `path`, the compression method and the
+// uncompressed size declared for the record whose name ends with `suffix` (its bytes stay stored).
+void patch_zip_entry(const fs::path& path, const std::string& suffix, std::uint16_t method,
+                     std::uint32_t size) {
+  std::string bytes = read_bytes(path);
+  const std::string signature("PK\x01\x02", 4);
+  for (auto at = bytes.find(signature); at != std::string::npos; at = bytes.find(signature, at + 4)) {
+    const std::size_t name_length = static_cast<unsigned char>(bytes[at + 28]) |
+                                    static_cast<unsigned char>(bytes[at + 29]) << 8;
+    const std::string name = bytes.substr(at + 46, name_length);
+    if (name.size() < suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix))
+      continue;
+    for (int i = 0; i < 2; ++i) bytes[at + 10 + i] = static_cast<char>(method >> (8 * i));
+    for (int i = 0; i < 4; ++i) bytes[at + 24 + i] = static_cast<char>(size >> (8 * i));
+    write_bytes(path, bytes);
+    return;
+  }
+  ADD_FAILURE() << "no central directory entry for " << suffix << " in " << path;
+}
+
+// libtorch's zip reader allocates what the central directory declares: a deflated record that
+// claims to inflate past 100 times its size (a zip bomb), or another method, is refused unread.
+TEST_F(IoTest, TorchBinRejectsZipBombsAndUnknownCompression) {
+  Pickle pickle;
+  pickle.op("}(").text("w").tensor("0", 100, {100}, {1}).op("u.");
+  std::string data;
+  for (int i = 0; i < 100; ++i) data += float_bytes({1});
+  write_torch_zip(dir / "bomb.bin", pickle.bytes, {{"0", data}});
+  patch_zip_entry(dir / "bomb.bin", "/data/0", 8, 400 * 101);
+  expect_mentions(error_of([&] { io::read_torch_bin(dir / "bomb.bin"); }),
+                  {(dir / "bomb.bin").string(), "data/0", "would inflate 400 bytes to 40400",
+                   "limit of 100"});
+
+  write_torch_zip(dir / "bzip2.bin", pickle.bytes, {{"0", data}});
+  patch_zip_entry(dir / "bzip2.bin", "/data/0", 12, 400);
+  expect_mentions(error_of([&] { io::read_torch_bin(dir / "bzip2.bin"); }),
+                  {(dir / "bzip2.bin").string(), "data/0", "compression method 12"});
+}
+
+// libtorch's zip reader matches names ignoring case: two such names would make either one ambiguous.
+TEST_F(IoTest, TorchBinRejectsRecordNamesThatDifferOnlyInCase) {
+  Pickle pickle;
+  pickle.op("}(").text("w").tensor("a", 1, {1}, {1}).op("u.");
+  write_torch_zip(dir / "case.bin", pickle.bytes, {{"a", float_bytes({1})}, {"A", float_bytes({2})}});
+  expect_mentions(error_of([&] { io::read_torch_bin(dir / "case.bin"); }),
+                  {(dir / "case.bin").string(), "data/a", "twice"});
+}
+
+// However long the pickle, it creates no more values and containers than a state dict needs.
+TEST_F(IoTest, TorchBinRejectsPicklesThatCreateTooManyObjects) {
+  std::string memo_writes = "N";
+  for (int i = 0; i < (1 << 23); ++i) memo_writes += std::string("q\0", 2);
+  write_torch_zip(dir / "values.bin", Pickle().op(memo_writes + ".").bytes, {});
+  expect_mentions(error_of([&] { io::read_torch_bin(dir / "values.bin"); }),
+                  {(dir / "values.bin").string(), "data.pkl", "more than 8388608 values"});
+
+  std::string discarded_tuples = "}";
+  for (int i = 0; i < (1 << 21); ++i) discarded_tuples += ")b";  // BUILD discards its argument
+  write_torch_zip(dir / "containers.bin", Pickle().op(discarded_tuples + ".").bytes, {});
+  expect_mentions(error_of([&] { io::read_torch_bin(dir / "containers.bin"); }),
+                  {(dir / "containers.bin").string(), "more than 2097152 tuples, lists and dicts"});
+}
+
 // ---- read_checkpoint and sharded checkpoints --------------------------------------------------
 
 TEST_F(IoTest, ReadCheckpointDispatchesOnTheFileName) {

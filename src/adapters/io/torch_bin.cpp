@@ -6,19 +6,24 @@
 // tensor view by the bytes its storage record really holds. (libtorch 1.13's torch::pickle_load
 // turns collections.OrderedDict into None, so the OrderedDict state dicts of older transformers
 // fail there, and it trusts the sizes written in the pickle.) Keys that share a storage share it in
-// memory too. Of libtorch only the long-stable PyTorchStreamReader is used (1.13 and 2.x alike).
+// memory too. Of libtorch only the long-stable PyTorchStreamReader is used (1.13 and 2.x alike);
+// the zip's central directory is checked first (no zip bombs, no ambiguous names or offsets), and
+// every storage record must hold exactly the bytes its persistent id declares.
 #include "adapters/io/tensors.h"
 
 #include "adapters/core/error.h"
 
 #include <caffe2/serialize/inline_container.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <optional>
+#include <set>
 #include <unordered_map>
 #include <variant>
 #include <vector>
@@ -45,6 +50,7 @@ using Text = std::shared_ptr<const std::string>;  // shared: the memo may hand o
 struct StorageRef {  // a persistent id: ('storage', type, key, location, numel)
   Text key;
   torch::Dtype dtype;
+  std::int64_t numel;
 };
 
 struct TensorSpec {  // a tensor view, materialized once its storage record is checked
@@ -74,6 +80,11 @@ struct Container {
 using ContainerPtr = std::shared_ptr<Container>;
 
 constexpr int kMaxNesting = 32;
+// Values (pushes and memo writes) and containers one pickle may create. torch.save's pickle of a
+// state dict creates about 30 values and 6 containers per tensor, so these allow state dicts of
+// some 250,000 tensors while bounding what any pickle can make the reader hold in memory.
+constexpr std::uint64_t kMaxPickleValues = std::uint64_t{1} << 23;
+constexpr std::uint64_t kMaxPickleContainers = std::uint64_t{1} << 21;
 
 std::string kind_name(Container::Kind kind) {
   switch (kind) {
@@ -255,7 +266,17 @@ class Unpickler {
 
   // -- stack, marks, memo
 
-  void push(Value value) { stack_.push_back(std::move(value)); }
+  void push(Value value) {
+    count_value();
+    stack_.push_back(std::move(value));
+  }
+
+  // Every push and memo write counts towards kMaxPickleValues.
+  void count_value() {
+    if (++values_created_ > kMaxPickleValues)
+      fail(str("the pickle creates more than ", kMaxPickleValues,
+               " values, far more than a state dict needs"));
+  }
 
   Value pop() {
     if (stack_.empty() || (!marks_.empty() && stack_.size() == marks_.back()))
@@ -316,6 +337,7 @@ class Unpickler {
 
   void memo_put(std::uint64_t index) {
     if (stack_.empty()) fail("memoizing from an empty stack");
+    count_value();
     memo_[index] = stack_.back();
   }
 
@@ -327,7 +349,10 @@ class Unpickler {
 
   // -- containers
 
-  static ContainerPtr new_container(Container::Kind kind) {
+  ContainerPtr new_container(Container::Kind kind) {
+    if (++containers_created_ > kMaxPickleContainers)
+      fail(str("the pickle creates more than ", kMaxPickleContainers,
+               " tuples, lists and dicts, far more than a state dict needs"));
     return std::make_shared<Container>(kind);
   }
 
@@ -451,9 +476,12 @@ class Unpickler {
       fail("persistent id is not ('storage', type, key, location, numel)");
     const auto* type = std::get_if<StorageType>(&items[1]);
     const auto* key = std::get_if<Text>(&items[2]);
+    const auto* numel = std::get_if<std::int64_t>(&items[4]);
     if (type == nullptr) fail("persistent id names no storage type, found " + describe(items[1]));
     if (key == nullptr) fail("persistent id key must be a string, found " + describe(items[2]));
-    return StorageRef{*key, type->dtype};
+    if (numel == nullptr || *numel < 0)
+      fail("persistent id numel must be a non-negative int, found " + describe(items[4]));
+    return StorageRef{*key, type->dtype, *numel};
   }
 
   // BUILD sets Python attributes (an OrderedDict's _metadata, for instance): not needed here.
@@ -472,6 +500,8 @@ class Unpickler {
   std::string where_;
   std::size_t position_ = 0;
   std::size_t opcode_at_ = 0;
+  std::uint64_t values_created_ = 0;
+  std::uint64_t containers_created_ = 0;
   std::vector<Value> stack_;
   std::vector<std::size_t> marks_;
   std::unordered_map<std::uint64_t, Value> memo_;
@@ -494,25 +524,269 @@ void check_is_zip(const fs::path& path) {
                   read < 4 ? "a file shorter than a zip header" : "other data"));
 }
 
+// ---- the zip's central directory ---------------------------------------------------------------
+// libtorch's zip reader (miniz) allocates a record at the uncompressed size the central directory
+// declares and inflates deflated records into it, so a small file could claim gigabytes. Before
+// any record is read, the central directory is parsed here the way miniz finds it, and every
+// record is checked: stored (all torch.save writes) or deflated within kMaxDecompressionRatio,
+// inside the file, its name unique (miniz matches names ignoring case), and its data where
+// libtorch's reader finds it, so that both read the same directory.
+
+constexpr std::uint64_t kMaxDecompressionRatio = 100;
+constexpr std::uint64_t kMaxZipDirectoryBytes = std::uint64_t{256} << 20;
+constexpr std::uint64_t kEndRecordBytes = 22;       // end of central directory record
+constexpr std::uint64_t kZip64LocatorBytes = 20;    // zip64 end of central directory locator
+constexpr std::uint64_t kZip64EndRecordBytes = 56;  // zip64 end of central directory record
+constexpr std::uint64_t kEntryBytes = 46;           // central directory entry, before its name
+constexpr std::uint64_t kLocalHeaderBytes = 30;     // local file header, before its name
+constexpr std::uint32_t kNoZip32Value = 0xffffffff;  // "the value is in the zip64 extra field"
+
+std::uint64_t le_at(const std::string& bytes, std::size_t offset, std::size_t width) {
+  std::uint64_t value = 0;
+  for (std::size_t i = width; i-- > 0;)
+    value = (value << 8) | static_cast<unsigned char>(bytes[offset + i]);
+  return value;
+}
+
+struct ZipRecord {
+  std::uint64_t method = 0;
+  std::uint64_t compressed_size = 0;
+  std::uint64_t size = 0;  // uncompressed
+  std::uint64_t local_header = 0;
+};
+
+class ZipDirectory {
+ public:
+  ZipDirectory(const fs::path& path, std::uint64_t file_size)
+      : path_(path), file_size_(file_size), in_(path, std::ios::binary) {
+    ADAPTERS_CHECK(in_.is_open(), "cannot open ", path, ": ", std::strerror(errno));
+    const std::uint64_t end_record = find_end_record();
+    const Extent directory = directory_extent(end_record);
+    read_entries(directory);
+  }
+
+  // The record "<archive>/<name>" (name as given to PyTorchStreamReader), or nullptr.
+  const ZipRecord* find(const std::string& name) const {
+    auto found = records_.find(archive_name_ + "/" + name);
+    return found == records_.end() ? nullptr : &found->second;
+  }
+
+  // Refuses the file unless libtorch's reader finds every record's data where this directory
+  // puts it (else the two read different directories, and these checks would prove nothing).
+  void check_agrees_with(caffe2::serialize::PyTorchStreamReader& reader) {
+    const std::string prefix = archive_name_ + "/";
+    for (const auto& [name, record] : records_) {
+      if (name.compare(0, prefix.size(), prefix) != 0) continue;  // unreachable through reader
+      const std::uint64_t data = data_offset(name, record);
+      ADAPTERS_CHECK(reader.getRecordOffset(name.substr(prefix.size())) == data, path_,
+                     ": zip record ", name, " is found at different offsets by its central "
+                     "directory and by libtorch's zip reader; the archive is ambiguous");
+    }
+  }
+
+ private:
+  struct Extent {
+    std::uint64_t offset;
+    std::uint64_t size;
+    std::uint64_t entries;
+  };
+
+  std::string read_at(std::uint64_t offset, std::uint64_t count, const char* what) {
+    ADAPTERS_CHECK(offset <= file_size_ && count <= file_size_ - offset, path_, ": the zip ", what,
+                   " (", count, " bytes at offset ", offset, ") lies past the end of the file (",
+                   file_size_, " bytes); the file is truncated or corrupt");
+    std::string bytes(static_cast<std::size_t>(count), '\0');
+    in_.seekg(static_cast<std::streamoff>(offset));
+    in_.read(bytes.data(), static_cast<std::streamsize>(count));
+    ADAPTERS_CHECK(static_cast<std::uint64_t>(in_.gcount()) == count, path_, ": reading the zip ",
+                   what, " at offset ", offset, " failed");
+    return bytes;
+  }
+
+  // The last end-of-central-directory signature with a whole record after it, within the last
+  // 64 KiB (the most a zip comment can add), as miniz searches.
+  std::uint64_t find_end_record() {
+    const std::uint64_t window = std::min<std::uint64_t>(file_size_, 0xffff + kEndRecordBytes);
+    const std::uint64_t start = file_size_ - window;
+    const std::string tail = read_at(start, window, "end of central directory");
+    for (std::uint64_t i = window >= kEndRecordBytes ? window - kEndRecordBytes + 1 : 0; i-- > 0;)
+      if (le_at(tail, i, 4) == 0x06054b50) return start + i;
+    throw Error(str(path_, ": cannot read the torch.save archive: it has no zip end of central "
+                           "directory record; the file is truncated or corrupt"));
+  }
+
+  // Where the central directory is, from the end record (and its zip64 twin, which torch.save
+  // always writes); nothing may lie between the directory and the end records.
+  Extent directory_extent(std::uint64_t end_record) {
+    const std::string end = read_at(end_record, kEndRecordBytes, "end of central directory");
+    Extent extent{le_at(end, 16, 4), le_at(end, 12, 4), le_at(end, 10, 2)};
+    std::uint64_t entries_here = le_at(end, 8, 2);
+    std::uint64_t disks = le_at(end, 4, 2) | le_at(end, 6, 2);
+    std::uint64_t directory_end = end_record;
+    if (end_record >= kZip64LocatorBytes + kZip64EndRecordBytes) {
+      const std::string locator =
+          read_at(end_record - kZip64LocatorBytes, kZip64LocatorBytes, "zip64 locator");
+      if (le_at(locator, 0, 4) == 0x07064b50) {
+        directory_end = end_record - kZip64LocatorBytes - kZip64EndRecordBytes;
+        ADAPTERS_CHECK(le_at(locator, 8, 8) == directory_end && le_at(locator, 16, 4) == 1, path_,
+                       ": the zip64 locator points to offset ", le_at(locator, 8, 8),
+                       ", not to the record before it (", directory_end,
+                       "); the archive is ambiguous");
+        const std::string end64 = read_at(directory_end, kZip64EndRecordBytes, "zip64 end record");
+        ADAPTERS_CHECK(le_at(end64, 0, 4) == 0x06064b50, path_, ": no zip64 end of central "
+                       "directory record at offset ", directory_end, "; the file is corrupt");
+        extent = Extent{le_at(end64, 48, 8), le_at(end64, 40, 8), le_at(end64, 32, 8)};
+        entries_here = le_at(end64, 24, 8);
+        disks = le_at(end64, 16, 4) | le_at(end64, 20, 4);
+      }
+    }
+    ADAPTERS_CHECK(disks == 0 && entries_here == extent.entries, path_,
+                   ": multi-disk zip archives are not supported");
+    ADAPTERS_CHECK(extent.size <= kMaxZipDirectoryBytes, path_, ": the zip central directory is ",
+                   extent.size, " bytes, past the limit of ", kMaxZipDirectoryBytes);
+    ADAPTERS_CHECK(extent.offset <= directory_end && extent.size == directory_end - extent.offset,
+                   path_, ": the zip central directory (", extent.size, " bytes at offset ",
+                   extent.offset, ") does not end where its end record begins (offset ",
+                   directory_end, "); the file is corrupt or has data appended");
+    ADAPTERS_CHECK(extent.entries <= extent.size / kEntryBytes, path_, ": the zip central "
+                   "directory of ", extent.size, " bytes cannot hold ", extent.entries, " entries");
+    return extent;
+  }
+
+  void read_entries(const Extent& extent) {
+    const std::string directory = read_at(extent.offset, extent.size, "central directory");
+    std::set<std::string> folded_names;
+    std::uint64_t at = 0;
+    for (std::uint64_t i = 0; i < extent.entries; ++i) {
+      ADAPTERS_CHECK(directory.size() - at >= kEntryBytes && le_at(directory, at, 4) == 0x02014b50,
+                     path_, ": zip central directory entry ", i, " at offset ", extent.offset + at,
+                     " is corrupt");
+      const std::uint64_t name_length = le_at(directory, at + 28, 2);
+      const std::uint64_t extra_length = le_at(directory, at + 30, 2);
+      const std::uint64_t entry_length =
+          kEntryBytes + name_length + extra_length + le_at(directory, at + 32, 2);
+      ADAPTERS_CHECK(directory.size() - at >= entry_length, path_, ": zip central directory entry ",
+                     i, " reaches past the end of the directory");
+      const std::string name = directory.substr(at + kEntryBytes, name_length);
+      ZipRecord record{le_at(directory, at + 10, 2), le_at(directory, at + 20, 4),
+                       le_at(directory, at + 24, 4), le_at(directory, at + 42, 4)};
+      read_zip64_sizes(directory.substr(at + kEntryBytes + name_length, extra_length), record);
+      check_record(name, record);
+      if (i == 0) archive_name_ = name.substr(0, name.find('/'));
+      ADAPTERS_CHECK(folded_names.insert(ascii_lower(name)).second, path_, ": the zip archive "
+                     "names record ", name, " twice (zip names are matched ignoring case)");
+      records_.emplace(name, record);
+      at += entry_length;
+    }
+  }
+
+  // The zip64 extra field holds, in this order, the sizes and offset whose 32-bit fields are full.
+  static void read_zip64_sizes(const std::string& extra, ZipRecord& record) {
+    for (std::size_t at = 0; extra.size() - at >= 4;) {
+      const std::uint64_t id = le_at(extra, at, 2);
+      const std::size_t length = std::min<std::size_t>(le_at(extra, at + 2, 2), extra.size() - at - 4);
+      if (id == 1) {
+        std::size_t field = at + 4;
+        for (std::uint64_t* value : {&record.size, &record.compressed_size, &record.local_header}) {
+          if (*value != kNoZip32Value || field + 8 > at + 4 + length) continue;
+          *value = le_at(extra, field, 8);
+          field += 8;
+        }
+        return;
+      }
+      at += 4 + length;
+    }
+  }
+
+  static std::string ascii_lower(std::string text) {
+    for (char& c : text)
+      if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    return text;
+  }
+
+  void check_record(const std::string& name, const ZipRecord& record) const {
+    std::uint64_t inflated_limit = 0;
+    switch (record.method) {
+      case 0:  // stored
+        ADAPTERS_CHECK(record.size == record.compressed_size, path_, ": zip record ", name,
+                       " is stored uncompressed, yet declares ", record.size, " bytes in ",
+                       record.compressed_size);
+        break;
+      case 8:  // deflated
+        if (__builtin_mul_overflow(record.compressed_size, kMaxDecompressionRatio, &inflated_limit))
+          inflated_limit = std::numeric_limits<std::uint64_t>::max();
+        ADAPTERS_CHECK(record.size <= inflated_limit, path_, ": zip record ", name,
+                       " would inflate ", record.compressed_size, " bytes to ", record.size,
+                       ", a ratio past the limit of ", kMaxDecompressionRatio,
+                       " (a zip bomb?); torch.save stores records uncompressed, so re-save it");
+        break;
+      default:
+        throw Error(str(path_, ": zip record ", name, " uses compression method ", record.method,
+                        "; torch.save files store records uncompressed (method 0)"));
+    }
+    ADAPTERS_CHECK(record.local_header <= file_size_ &&
+                       record.compressed_size <= file_size_ - record.local_header,
+                   path_, ": zip record ", name, " (", record.compressed_size, " bytes at offset ",
+                   record.local_header, ") reaches past the end of the file (", file_size_,
+                   " bytes)");
+  }
+
+  // Where a record's bytes begin: after its local header, name and extra field.
+  std::uint64_t data_offset(const std::string& name, const ZipRecord& record) {
+    const std::string header = read_at(record.local_header, kLocalHeaderBytes, "local header");
+    ADAPTERS_CHECK(le_at(header, 0, 4) == 0x04034b50, path_, ": zip record ", name,
+                   " has no local header at offset ", record.local_header);
+    const std::uint64_t data = record.local_header + kLocalHeaderBytes + le_at(header, 26, 2) +
+                               le_at(header, 28, 2);
+    ADAPTERS_CHECK(data <= file_size_ && record.compressed_size <= file_size_ - data, path_,
+                   ": zip record ", name, " (", record.compressed_size, " bytes at offset ", data,
+                   ") reaches past the end of the file (", file_size_, " bytes)");
+    return data;
+  }
+
+  fs::path path_;
+  std::uint64_t file_size_;
+  std::ifstream in_;
+  std::string archive_name_;
+  std::map<std::string, ZipRecord> records_;
+};
+
 // Storages by key, loaded from their records on first use.
 class StorageRecords {
  public:
-  StorageRecords(caffe2::serialize::PyTorchStreamReader& reader, const fs::path& path)
-      : reader_(reader), path_(path) {}
+  StorageRecords(caffe2::serialize::PyTorchStreamReader& reader, const ZipDirectory& directory,
+                 const fs::path& path)
+      : reader_(reader), directory_(directory), path_(path) {}
 
-  const at::Storage& get(const std::string& key, const std::string& tensor_name) {
-    auto found = storages_.find(key);
+  // The size of the storage's record, as the central directory declares it (nothing is read).
+  std::uint64_t size_of(const StorageRef& storage, const std::string& tensor_name) const {
+    const ZipRecord* record = directory_.find("data/" + *storage.key);
+    ADAPTERS_CHECK(record != nullptr, path_, ": tensor \"", tensor_name, "\" uses storage \"",
+                   *storage.key, "\", but the archive has no record data/", *storage.key);
+    return record->size;
+  }
+
+  // The storage, read once its record is known to hold exactly the numel its persistent id gives
+  // (checked for every reference to it).
+  const at::Storage& get(const StorageRef& ref, const std::string& tensor_name) {
+    const std::uint64_t record_size = size_of(ref, tensor_name);
+    std::uint64_t declared = 0;
+    const bool fits = !__builtin_mul_overflow(static_cast<std::uint64_t>(ref.numel),
+                                              c10::elementSize(ref.dtype), &declared);
+    ADAPTERS_CHECK(fits && declared == record_size, path_, ": tensor \"", tensor_name,
+                   "\" uses storage \"", *ref.key, "\" of ", ref.numel, " ", ref.dtype,
+                   " elements (", fits ? str(declared) : std::string("more than 2^64"),
+                   " bytes), but its record data/", *ref.key, " holds ", record_size, " bytes");
+    auto found = storages_.find(*ref.key);
     if (found != storages_.end()) return found->second;
-    const std::string record = "data/" + key;
-    ADAPTERS_CHECK(reader_.hasRecord(record), path_, ": tensor \"", tensor_name,
-                   "\" uses storage \"", key, "\", but the archive has no record ", record);
-    auto [data, size] = reader_.getRecord(record);
+    auto [data, size] = reader_.getRecord("data/" + *ref.key);
     at::Storage storage(c10::Storage::use_byte_size_t(), size, std::move(data), nullptr, false);
-    return storages_.emplace(key, std::move(storage)).first->second;
+    return storages_.emplace(*ref.key, std::move(storage)).first->second;
   }
 
  private:
   caffe2::serialize::PyTorchStreamReader& reader_;
+  const ZipDirectory& directory_;
   fs::path path_;
   std::map<std::string, at::Storage> storages_;
 };
@@ -537,13 +811,14 @@ std::optional<std::uint64_t> bytes_needed(const TensorSpec& spec) {
 
 torch::Tensor materialize(const TensorSpec& spec, const std::string& name, StorageRecords& records,
                           const fs::path& path) {
-  const at::Storage& storage = records.get(*spec.storage.key, name);
+  const std::uint64_t storage_bytes = records.size_of(spec.storage, name);
   const auto needed = bytes_needed(spec);
-  ADAPTERS_CHECK(needed && *needed <= storage.nbytes(), path, ": tensor \"", name, "\" (",
+  ADAPTERS_CHECK(needed && *needed <= storage_bytes, path, ": tensor \"", name, "\" (",
                  spec.storage.dtype, ", sizes ", c10::IntArrayRef(spec.sizes), ", strides ",
                  c10::IntArrayRef(spec.strides), ", offset ", spec.offset, ") needs ",
                  needed ? str(*needed) : std::string("more than 2^64"), " bytes of storage \"",
-                 *spec.storage.key, "\", which holds ", storage.nbytes());
+                 *spec.storage.key, "\", which holds ", storage_bytes);
+  const at::Storage& storage = records.get(spec.storage, name);
   return torch::empty({0}, torch::dtype(spec.storage.dtype))
       .set_(storage, spec.offset, spec.sizes, spec.strides);
 }
@@ -570,25 +845,27 @@ void check_little_endian(caffe2::serialize::PyTorchStreamReader& reader, const f
                  "\" byte order; only little-endian files are supported");
 }
 
-TensorMap read_archive(const fs::path& path) {
+TensorMap read_archive(const fs::path& path, std::uint64_t file_size) {
+  ZipDirectory directory(path, file_size);
   caffe2::serialize::PyTorchStreamReader reader(path.string());
+  directory.check_agrees_with(reader);
   ADAPTERS_CHECK(reader.hasRecord("data.pkl"), path,
                  ": the zip archive has no data.pkl record; not a torch.save file");
   check_little_endian(reader, path);
   auto [pickle, pickle_size] = reader.getRecord("data.pkl");
   Unpickler unpickler(static_cast<const char*>(pickle.get()), pickle_size, str(path, ": data.pkl"));
   const Value root = unpickler.run();
-  StorageRecords records(reader, path);
+  StorageRecords records(reader, directory, path);
   return tensors_of_state_dict(root, records, path);
 }
 
 }  // namespace
 
 TensorMap read_torch_bin(const fs::path& path) {
-  check_readable_file(path, kMaxTorchBinBytes, "torch.save file");
+  const std::uint64_t file_size = check_readable_file(path, kMaxTorchBinBytes, "torch.save file");
   check_is_zip(path);
   try {
-    return read_archive(path);
+    return read_archive(path, file_size);
   } catch (const c10::Error& e) {
     throw Error(str(path, ": cannot read the torch.save archive: ", e.what_without_backtrace()));
   }
