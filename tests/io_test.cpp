@@ -746,6 +746,13 @@ TEST_F(ShardedTest, MalformedIndexIsRejected) {
                   {(dir / "model.index.json").string(), "invalid JSON"});
 }
 
+TEST_F(ShardedTest, IndexNestedPastTheJsonDepthLimitIsRefused) {
+  const std::string deep = std::string(200, '[') + std::string(200, ']');
+  io::write_file_atomic(dir / "model.index.json", R"({"weight_map": {}, "metadata": )" + deep + "}");
+  expect_mentions(error_of([&] { io::read_checkpoint(dir / "model.index.json"); }),
+                  {(dir / "model.index.json").string(), "nested deeper than 128"});
+}
+
 // ---- atomic writes and text files -------------------------------------------------------------
 
 TEST_F(IoTest, AtomicWriteReplacesTheFileAndLeavesNoTemporary) {

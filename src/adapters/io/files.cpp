@@ -5,6 +5,7 @@
 #include "adapters/io/tensors.h"
 
 #include "adapters/core/error.h"
+#include "adapters/core/json_parse.h"
 
 #include <c10/core/GradMode.h>
 
@@ -119,12 +120,7 @@ void check_shard_name(const fs::path& index_path, const std::string& key,
 }
 
 KeysByShard read_weight_map(const fs::path& index_path) {
-  nlohmann::json index;
-  try {
-    index = nlohmann::json::parse(read_text_file(index_path));
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(str(index_path, ": invalid JSON in sharded checkpoint index: ", e.what()));
-  }
+  nlohmann::json index = parse_json_file_text(read_text_file(index_path), index_path.string());
   ADAPTERS_CHECK(
       index.is_object() && index.contains("weight_map") && index["weight_map"].is_object(),
       index_path,
