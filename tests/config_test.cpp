@@ -172,4 +172,27 @@ TEST(Hardening, AConfigClaimingSizesItsCheckpointLacksIsRefusedBeforeBuilding) {
   EXPECT_NO_THROW(load_pretrained(tmp / "m"));
 }
 
+
+// Sizes in adapter and head configs are bounded before anything is allocated: a rank, bottleneck,
+// prefix length or label count of 10^9 is refused naming the key.
+TEST(Hardening, AdapterAndHeadSizesAreBounded) {
+  AdapterModel model = load_pretrained(model_dir("bert"));
+  for (const auto& [spec, key] : {std::pair<const char*, const char*>{"lora[r=1000000000]", "'r'"},
+                                  {"prefix_tuning[prefix_length=1000000000]", "'prefix_length'"},
+                                  {"prompt_tuning[prompt_length=1000000000]", "'prompt_length'"},
+                                  {"loreft[r=1000000000]", "'r'"},
+                                  {"seq_bn[reduction_factor=0.00000001]", "reduction_factor"}}) {
+    const std::string e = error_of([&] { model->add_adapter("x", spec); });
+    EXPECT_NE(e.find(key), std::string::npos) << spec << ": " << e;
+    EXPECT_FALSE(model->has_adapter("x")) << spec;
+  }
+  EXPECT_NE(error_of([&] { model->add_classification_head("h", 1000000000); }).find("num_labels / num_choices must be at most 1048576"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { model->add_head("h", "masked_lm", {{"vocab_size", 1000000000}}); }).find("'vocab_size' must be an integer in [1, 1048576]"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { model->add_head("h", "classification", {{"num_labels", 2}, {"layers", 1000000}}); }).find("'layers'"),
+            std::string::npos);
+  model->add_adapter("ok", "lora[r=8]");
+}
+
 }  // namespace adapters::test

@@ -561,13 +561,12 @@ void AdapterModelImpl::eject_prefix_tuning(const std::string& name) {
 
 namespace {
 
-fs::path find_model_weights(const fs::path& dir) {
+std::optional<fs::path> find_model_weights(const fs::path& dir) {
   for (const char* name : {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                            "pytorch_model.bin.index.json"}) {
     if (fs::exists(dir / name)) return dir / name;
   }
-  throw Error(str(dir.string(), ": no model weights found (looked for model.safetensors, model.safetensors.index.json, "
-                                "pytorch_model.bin, pytorch_model.bin.index.json)"));
+  return std::nullopt;
 }
 
 // The config's sizes against the checkpoint, before anything is built: a vocabulary, width or
@@ -576,7 +575,8 @@ fs::path find_model_weights(const fs::path& dir) {
 void check_config_sizes(const models::ModelConfig& c, const io::TensorMap& checkpoint, const fs::path& dir) {
   std::set<std::int64_t> dims;
   for (const auto& [key, t] : checkpoint) dims.insert(t.sizes().begin(), t.sizes().end());
-  for (const auto& [key, value] : {std::pair<const char*, std::int64_t>{"vocab_size", c.vocab_size},
+  const bool text = models::arch_spec(c.model_type).input == models::InputKind::Text;  // BEiT's vocab_size is its codebook's
+  for (const auto& [key, value] : {std::pair<const char*, std::int64_t>{"vocab_size", text ? c.vocab_size : 0},
                                    {"hidden_size", c.hidden_size},
                                    {"intermediate_size", c.intermediate_size}}) {
     if (value <= 0 || dims.count(value)) continue;
@@ -606,7 +606,13 @@ AdapterModel build_model(const models::ModelConfig& config, const fs::path& dir)
 AdapterModel load_pretrained(const fs::path& dir, const std::string& static_head_name) {
   ADAPTERS_CHECK(fs::is_directory(dir), dir.string(), ": not a model folder (expected a folder with config.json)");
   const models::ModelConfig config = models::load_model_config(dir / "config.json");
-  const fs::path weights = find_model_weights(dir);
+  const std::optional<fs::path> found = find_model_weights(dir);
+  if (!found) {
+    build_model(config, dir);  // the config's own errors first
+    throw Error(str(dir.string(), ": no model weights found (looked for model.safetensors, model.safetensors.index.json, "
+                                  "pytorch_model.bin, pytorch_model.bin.index.json)"));
+  }
+  const fs::path weights = *found;
   const io::TensorMap checkpoint = io::read_checkpoint(weights);
   check_config_sizes(config, checkpoint, dir);
   AdapterModel model = build_model(config, dir);

@@ -9,6 +9,7 @@
 #include "adapters/core/error.h"
 #include "adapters/nn/activation.h"
 #include "adapters/nn/linear.h"
+#include "adapters/core/limits.h"
 
 namespace adapters::heads {
 
@@ -413,9 +414,12 @@ json complete_config(const std::string& type, const json& options, const models:
     set_default("shift_labels", type == "causal_lm");
     set_default("label2id", nullptr);
   }
-  const std::int64_t n = c.contains("num_labels") ? c["num_labels"].get<std::int64_t>()
-                         : c.contains("num_choices") ? c["num_choices"].get<std::int64_t>()
-                                                     : 0;
+  const std::int64_t n = c.contains("num_labels") && c["num_labels"].is_number_integer() ? c["num_labels"].get<std::int64_t>()
+                         : c.contains("num_choices") && c["num_choices"].is_number_integer() ? c["num_choices"].get<std::int64_t>()
+                                                                                            : 0;
+  // A label map of n entries is built here: n is bounded before (make_head checks the rest).
+  ADAPTERS_CHECK(n <= kMaxHeadLabels, "head options for '", type, "': num_labels / num_choices must be at most ", kMaxHeadLabels,
+                 ", found ", n);
   if (n > 0 && !c.contains("label2id")) c["label2id"] = label_map(options, n);
   c.erase("id2label");
   return c;
@@ -439,8 +443,9 @@ std::shared_ptr<PredictionHead> make_head(const json& config, const HeadContext&
   }
   for (const char* key : {"num_labels", "num_choices", "vocab_size", "layers"}) {
     if (!config.contains(key)) continue;
-    ADAPTERS_CHECK(config[key].is_number_integer() && config[key].get<std::int64_t>() >= 1, source, ": head option '",
-                   key, "' must be a positive integer, found ", describe(config[key]));
+    const std::int64_t most = std::string(key) == "layers" ? kMaxHeadLayers : kMaxHeadLabels;
+    ADAPTERS_CHECK(config[key].is_number_integer() && config[key].get<std::int64_t>() >= 1 && config[key].get<std::int64_t>() <= most,
+                   source, ": head option '", key, "' must be an integer in [1, ", most, "], found ", describe(config[key]));
   }
   try {
     return make(config, ctx);

@@ -10,6 +10,7 @@
 #include "adapters/methods/compacter.h"
 #include "adapters/methods/invertible.h"
 #include "adapters/nn/linear.h"
+#include "adapters/core/limits.h"
 
 namespace adapters::methods {
 
@@ -105,8 +106,8 @@ BnConfig BnConfig::from_json(const json& options, const std::string& source) {
   c.hypercomplex_nonlinearity = r.get_string("hypercomplex_nonlinearity", c.hypercomplex_nonlinearity);
   c.phm_rank = r.get_int("phm_rank", c.phm_rank);
   c.phm_bias = r.get_bool("phm_bias", c.phm_bias);
-  if (c.phm_dim < 1) r.fail("phm_dim", "a positive integer");
-  if (c.phm_rank < 1) r.fail("phm_rank", "a positive integer");
+  if (c.phm_dim < 1 || c.phm_dim > kMaxAdapterSize) r.fail("phm_dim", str("an integer in [1, ", kMaxAdapterSize, "]"));
+  if (c.phm_rank < 1 || c.phm_rank > kMaxAdapterSize) r.fail("phm_rank", str("an integer in [1, ", kMaxAdapterSize, "]"));
   if (c.phm_c_init != "normal" && c.phm_c_init != "uniform") r.fail("phm_c_init", "\"normal\" or \"uniform\"");
   static const std::set<std::string> w_inits = {"phm", "glorot-normal", "glorot-uniform", "normal"};
   if (!w_inits.count(c.hypercomplex_nonlinearity)) {
@@ -180,6 +181,8 @@ std::int64_t BnConfig::bottleneck_size(std::int64_t hidden, std::int64_t layer, 
   const std::int64_t size = static_cast<std::int64_t>(std::floor(static_cast<double>(hidden) / factor.get<double>()));
   ADAPTERS_CHECK(size >= 1, source, ": reduction_factor ", describe(factor), " gives a bottleneck of size ", size,
                  " for hidden size ", hidden, " (expected at least 1: use a factor <= ", hidden, ")");
+  ADAPTERS_CHECK(size <= kMaxAdapterSize, source, ": reduction_factor ", describe(factor), " gives a bottleneck of size ", size,
+                 " for hidden size ", hidden, " (expected at most ", kMaxAdapterSize, ")");
   return size;
 }
 

@@ -19,6 +19,7 @@
 #include "adapters/nn/adapted_linear.h"
 #include "adapters/nn/linear.h"
 #include "adapters/nn/model_hooks.h"
+#include "adapters/core/limits.h"
 
 namespace adapters::methods {
 
@@ -171,7 +172,7 @@ LoRAConfig LoRAConfig::from_json(const json& options, const std::string& source)
   c.output_lora = r.get_bool("output_lora", c.output_lora);
   if (r.has("leave_out")) c.leave_out = r.get_int_list("leave_out");
   c.r = r.get_int("r", c.r);
-  if (c.r < 1) r.fail("r", "a rank of at least 1");
+  if (c.r < 1 || c.r > kMaxAdapterSize) r.fail("r", str("a rank in [1, ", kMaxAdapterSize, "]"));
   if (r.has("alpha")) {
     c.alpha = r.raw("alpha");
     if (!c.alpha.is_number() || c.alpha.is_boolean() || c.alpha.get<double>() <= 0) r.fail("alpha", "a positive number");

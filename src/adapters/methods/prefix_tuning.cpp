@@ -13,6 +13,7 @@
 
 #include "adapters/model.h"
 #include "adapters/models/registry.h"
+#include "adapters/core/limits.h"
 
 namespace adapters::methods {
 
@@ -45,9 +46,9 @@ PrefixTuningConfig PrefixTuningConfig::from_json(const json& options, const std:
   if (r.has("leave_out")) c.leave_out = r.get_int_list("leave_out");
   c.flat = r.get_bool("flat", c.flat);
   c.prefix_length = r.get_int("prefix_length", c.prefix_length);
-  if (c.prefix_length < 1) r.fail("prefix_length", "a positive integer");
+  if (c.prefix_length < 1 || c.prefix_length > kMaxAdapterSize) r.fail("prefix_length", str("an integer in [1, ", kMaxAdapterSize, "]"));
   c.bottleneck_size = r.get_int("bottleneck_size", c.bottleneck_size);
-  if (c.bottleneck_size < 1) r.fail("bottleneck_size", "a positive integer");
+  if (c.bottleneck_size < 1 || c.bottleneck_size > kMaxAdapterSize) r.fail("bottleneck_size", str("an integer in [1, ", kMaxAdapterSize, "]"));
   c.non_linearity = r.get_string("non_linearity", c.non_linearity);
   nn::resolve_activation(lower(c.non_linearity), source + ": non_linearity");
   c.dropout = r.get_double("dropout", c.dropout);

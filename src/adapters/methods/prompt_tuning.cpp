@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "adapters/nn/composer.h"
+#include "adapters/core/limits.h"
 
 namespace adapters::methods {
 
@@ -49,7 +50,7 @@ PromptTuningConfig PromptTuningConfig::from_json(const json& options, const std:
   if (r.has("architecture") && r.raw("architecture") != "prompt_tuning") r.fail("architecture", "\"prompt_tuning\"");
   PromptTuningConfig c;
   c.prompt_length = r.get_int("prompt_length", c.prompt_length);
-  if (c.prompt_length < 1) r.fail("prompt_length", "a positive integer");
+  if (c.prompt_length < 1 || c.prompt_length > kMaxAdapterSize) r.fail("prompt_length", str("an integer in [1, ", kMaxAdapterSize, "]"));
   c.prompt_init = r.get_string("prompt_init", c.prompt_init);
   if (c.prompt_init != "random_uniform" && c.prompt_init != "from_string") {
     r.fail("prompt_init", "\"random_uniform\" or \"from_string\"");

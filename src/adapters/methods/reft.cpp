@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "adapters/nn/composer.h"
+#include "adapters/core/limits.h"
 
 #include <algorithm>
 
@@ -31,13 +32,13 @@ ReftConfig ReftConfig::from_json(const json& options, const std::string& source)
   }
   c.prefix_positions = r.get_int("prefix_positions", c.prefix_positions);
   c.suffix_positions = r.get_int("suffix_positions", c.suffix_positions);
-  if (c.prefix_positions < 0) r.fail("prefix_positions", "a number >= 0");
-  if (c.suffix_positions < 0) r.fail("suffix_positions", "a number >= 0");
+  if (c.prefix_positions < 0 || c.prefix_positions > kMaxAdapterSize) r.fail("prefix_positions", str("a number in [0, ", kMaxAdapterSize, "]"));
+  if (c.suffix_positions < 0 || c.suffix_positions > kMaxAdapterSize) r.fail("suffix_positions", str("a number in [0, ", kMaxAdapterSize, "]"));
   if (c.prefix_positions + c.suffix_positions == 0) {
     throw Error(source + ": ReFT intervenes nowhere (prefix_positions and suffix_positions are both 0)");
   }
   c.r = r.get_int("r", c.r);
-  if (c.r < 1) r.fail("r", "a positive integer (the rank of the intervention)");
+  if (c.r < 1 || c.r > kMaxAdapterSize) r.fail("r", str("an integer in [1, ", kMaxAdapterSize, "] (the rank of the intervention)"));
   c.orthogonality = r.get_bool("orthogonality", c.orthogonality);
   c.tied_weights = r.get_bool("tied_weights", c.tied_weights);
   c.subtract_projection = r.get_bool("subtract_projection", c.subtract_projection);
