@@ -223,5 +223,21 @@ TEST(FixtureRunner, WritesOutputsAndReport) {
   EXPECT_TRUE(report.at("cases")[1].at("seconds").is_number());
 }
 
+// A case whose name (and so its error message) is not valid UTF-8 does not lose the report: the
+// bytes are replaced (U+FFFD) and report.json stays valid JSON.
+TEST(FixtureRunner, InvalidUtf8InACaseNameIsReplacedInTheReport) {
+  TempDir root, out;
+  const std::string name = "bad\xff\xfe";
+  fs::create_directories(root / "cases" / name);
+  io::write_file_atomic(root / "cases" / name / "case.json", "{not json");
+  const auto results = fixtures::run({root.path(), out.path(), "", WeightsPreference::Bin});
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].status, "error");
+  const json report = json::parse(io::read_text_file(out / "report.json"));
+  ASSERT_EQ(report.at("cases").size(), 1u);
+  EXPECT_EQ(report.at("cases")[0].at("case"), "bad\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(report.at("cases")[0].at("status"), "error");
+}
+
 }  // namespace
 }  // namespace adapters::test

@@ -6,6 +6,10 @@
 #include <cmath>
 #include <fstream>
 #include <numeric>
+#include <future>
+#include <chrono>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <set>
 #include <sstream>
 
@@ -325,6 +329,25 @@ TEST(TrainDataRead, FormatAndFileErrors) {
   EXPECT_EQ(parse_task_kind("token_classification"), TaskKind::TokenClassification);
   EXPECT_EQ(to_string(TaskKind::MultipleChoice), "multiple_choice");
   EXPECT_NE(error_of([] { parse_task_kind("ner"); }).find("found \"ner\""), std::string::npos);
+}
+
+// The data reader refuses what is not a regular file, without blocking on a FIFO.
+TEST(TrainDataRead, ReadsOnlyRegularFiles) {
+  const fs::path dir = fs::temp_directory_path() / ("adapters_data_special_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "folder.jsonl");
+  ASSERT_EQ(::mkfifo((dir / "fifo.jsonl").c_str(), 0600), 0);
+  fs::create_symlink("/dev/zero", dir / "zero.jsonl");
+  for (const char* name : {"folder.jsonl", "fifo.jsonl", "zero.jsonl"}) {
+    auto read = std::async(std::launch::async, [&] {
+      return error_of([&] { read_dataset(dir / name, options_for(TaskKind::SequenceClassification)); });
+    });
+    ASSERT_EQ(read.wait_for(std::chrono::seconds(10)), std::future_status::ready) << name << " blocked the reader";
+    const std::string e = read.get();
+    EXPECT_NE(e.find(name), std::string::npos) << e;
+    EXPECT_NE(e.find("regular file"), std::string::npos) << e;
+  }
+  fs::remove_all(dir);
 }
 
 // ---- labels -------------------------------------------------------------------------------------
