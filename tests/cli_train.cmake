@@ -67,18 +67,23 @@ set(lines "the cat sat on the mat ." "the dog ran to the park ." "john lives in 
 string(REPLACE ";" "\n" corpus "${lines};${lines};${lines};${lines}")
 file(WRITE ${OUT}/corpus.txt "${corpus}\n")
 set(gpt2 ${MODEL}/../gpt2/config.json)
-execute_process(COMMAND ${ADAPTERS} pretrain --objective causal --config ${gpt2} --tokenizer ${TOKENIZER}
-                        --corpus ${OUT}/corpus.txt --out ${OUT}/causal --max-steps 60 --batch-size 8 --max-length 16
-                        --lr 3e-3 --warmup-steps 5 --save-every 0 --threads 1
-                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-if(NOT rc EQUAL 0 OR NOT err MATCHES "first loss ([0-9.]+), final loss ([0-9.]+)")
-  message(FATAL_ERROR "adapters pretrain --objective causal exited ${rc}: ${out} ${err}")
-endif()
-set(first ${CMAKE_MATCH_1})
-set(final ${CMAKE_MATCH_2})
-if(NOT final LESS first OR NOT EXISTS ${OUT}/causal/model.safetensors)
-  message(FATAL_ERROR "causal pretraining: loss ${first} -> ${final}, weights saved: ${OUT}/causal/model.safetensors: ${err}")
-endif()
+# Runs `adapters pretrain ARGS... --out OUT/DIR`; fails unless it exits 0, its final loss is below
+# its first, and OUT/DIR/model.safetensors exists.
+function(expect_pretraining_lowers_loss dir)
+  execute_process(COMMAND ${ADAPTERS} pretrain ${ARGN} --out ${OUT}/${dir}
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0 OR NOT err MATCHES "first loss ([0-9.]+), final loss ([0-9.]+)")
+    message(FATAL_ERROR "adapters pretrain (${dir}) exited ${rc}: ${out} ${err}")
+  endif()
+  set(first ${CMAKE_MATCH_1})
+  set(final ${CMAKE_MATCH_2})
+  if(NOT final LESS first OR NOT EXISTS ${OUT}/${dir}/model.safetensors)
+    message(FATAL_ERROR "pretraining (${dir}): loss ${first} -> ${final}, weights saved: ${OUT}/${dir}/model.safetensors: ${err}")
+  endif()
+endfunction()
+expect_pretraining_lowers_loss(causal --objective causal --config ${gpt2} --tokenizer ${TOKENIZER} --corpus ${OUT}/corpus.txt
+                               --max-steps 60 --batch-size 8 --max-length 16 --lr 3e-3 --warmup-steps 5 --save-every 0
+                               --threads 1)
 execute_process(COMMAND ${ADAPTERS} pretrain --objective causal --config ${MODEL}/config.json --tokenizer ${TOKENIZER}
                         --corpus ${OUT}/corpus.txt --out ${OUT}/causal-bert --max-steps 1 --threads 1
                 RESULT_VARIABLE rc OUTPUT_QUIET ERROR_VARIABLE err)
@@ -87,17 +92,11 @@ if(NOT rc EQUAL 1 OR NOT err MATCHES "expected a decoder")
 endif()
 # `pretrain` (masked LM, the default objective) through the trainer: the loss falls, the weights
 # and the trainer's checkpoint land in --out; a second run there is refused unless --overwrite.
-execute_process(COMMAND ${ADAPTERS} pretrain --config ${MODEL}/config.json --tokenizer ${TOKENIZER}
-                        --corpus ${OUT}/corpus.txt --out ${OUT}/masked --max-steps 30 --batch-size 8 --max-length 12
-                        --lr 3e-3 --warmup-steps 3 --save-every 0 --threads 1 --no-progress
-                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-if(NOT rc EQUAL 0 OR NOT err MATCHES "first loss ([0-9.]+), final loss ([0-9.]+)")
-  message(FATAL_ERROR "adapters pretrain (masked) exited ${rc}: ${out} ${err}")
-endif()
-set(first ${CMAKE_MATCH_1})
-set(final ${CMAKE_MATCH_2})
-if(NOT final LESS first OR NOT EXISTS ${OUT}/masked/model.safetensors OR NOT EXISTS ${OUT}/masked/checkpoint-30/optimizer.safetensors)
-  message(FATAL_ERROR "masked pretraining: loss ${first} -> ${final}; expected model.safetensors and checkpoint-30 in ${OUT}/masked")
+expect_pretraining_lowers_loss(masked --config ${MODEL}/config.json --tokenizer ${TOKENIZER} --corpus ${OUT}/corpus.txt
+                               --max-steps 30 --batch-size 8 --max-length 12 --lr 3e-3 --warmup-steps 3 --save-every 0
+                               --threads 1 --no-progress)
+if(NOT EXISTS ${OUT}/masked/checkpoint-30/optimizer.safetensors)
+  message(FATAL_ERROR "masked pretraining: expected the trainer's checkpoint-30 in ${OUT}/masked")
 endif()
 execute_process(COMMAND ${ADAPTERS} pretrain --config ${MODEL}/config.json --tokenizer ${TOKENIZER}
                         --corpus ${OUT}/corpus.txt --out ${OUT}/masked --max-steps 1 --threads 1 --no-progress
